@@ -1,0 +1,39 @@
+# The README's contract: `make demo` and `make test` set up everything they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench sanlock clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian's sanlock is the oracle the interop tests run against.  Installed only
+# when we are root and it is missing; otherwise those tests skip (or fail under
+# DISKPAXOS_REQUIRE_INTEROP=1).
+sanlock:
+	@if [ "$$(id -u)" = 0 ] && { ! command -v sanlock >/dev/null 2>&1 || \
+	    ! dpkg -s python3-sanlock >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; }; then \
+	    echo "installing sanlock, python3-sanlock and util-linux from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        sanlock python3-sanlock util-linux >/dev/null; \
+	fi
+
+demo: venv
+	DISKPAXOS=$(VENV)/bin/diskpaxos MKLOCKSPACE=$(VENV)/bin/mklockspace sh demo.sh
+
+test: venv sanlock
+	$(PY) -m pytest -n 2 --dist loadfile tests
+
+bench: venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -p no:xdist
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info
