@@ -76,12 +76,39 @@ class ForceMode(enum.IntEnum):
 
 # --- the field tables ---------------------------------------------------------
 
+class _NameAdapter(cs.Adapter):  # type: ignore[misc]
+    """A 48-byte name field: the bytes without the trailing NUL padding, NUL-padded on build.
+
+    Decoded as UTF-8 with surrogateescape so any bytes (garbage included)
+    parse and re-encode unchanged; ``name_bytes`` gives them back for output.
+    Bytes after an embedded NUL are kept (only trailing NULs are stripped, as
+    numpy's ``S48`` does): dropping them would make ``to_bytes`` differ from
+    the bytes read, and the checksum computed from the record would then
+    reject a record sanlock accepts.  Comparisons use C-string semantics
+    (``_name_matches``), display code should cut at the first NUL.
+    """
+
+    def _decode(self, obj: bytes, context: Any, path: Any) -> str:
+        return obj.rstrip(b"\0").decode("utf8", "surrogateescape")
+
+    def _encode(self, obj: str, context: Any, path: Any) -> bytes:
+        raw = name_bytes(obj)
+        if len(raw) > NAME_LEN:
+            raise errors.UsageError(f"name {obj!r} is {len(raw)} bytes, at most {NAME_LEN} allowed")
+        return raw.ljust(NAME_LEN, b"\0")
+
+
+def name_bytes(name: str) -> bytes:
+    """The on-disk bytes of a name as decoded by the record classes."""
+    return name.encode("utf8", "surrogateescape")
+
+
 _PRIMITIVES: dict[str, tuple[Any, str, int]] = {
     # kind: (construct type, numpy type, size)
     "u16": (cs.Int16ul, "<u2", 2),
     "u32": (cs.Int32ul, "<u4", 4),
     "u64": (cs.Int64ul, "<u8", 8),
-    "name": (cs.PaddedString(NAME_LEN, "utf8"), f"S{NAME_LEN}", NAME_LEN),
+    "name": (_NameAdapter(cs.Bytes(NAME_LEN)), f"S{NAME_LEN}", NAME_LEN),
 }
 
 
@@ -222,7 +249,7 @@ class Record:
         values = dataclasses.asdict(self)  # type: ignore[call-overload]
         for f in self.FIELDS:
             if f.kind == "name":
-                encoded = values[f.name].encode("utf8")
+                encoded = name_bytes(values[f.name])
                 if len(encoded) > NAME_LEN:
                     raise errors.UsageError(
                         f"{f.name} {values[f.name]!r} is {len(encoded)} bytes, at most {NAME_LEN} allowed")
@@ -468,8 +495,13 @@ def _fmt_size(n: int) -> str:
 # --- record validation (sanlock's checks and codes) ---------------------------
 
 
+def _c_name(name: str) -> bytes:
+    """A name as sanlock's strncmp(..., NAME_ID_SIZE) sees it: at most 48 bytes, up to the first NUL."""
+    return name_bytes(name)[:NAME_LEN].split(b"\0", 1)[0]
+
+
 def _name_matches(found: str, expected: str) -> bool:
-    return found[:NAME_LEN] == expected[:NAME_LEN]
+    return _c_name(found) == _c_name(expected)
 
 
 def check_delta_leader(rec: LeaderRecord, *, path: str | None = None, offset: int | None = None,

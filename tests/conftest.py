@@ -104,12 +104,126 @@ def sanlock_python() -> str:
 
 
 @pytest.fixture
-def shm_file() -> Iterator[Path]:
-    """A file on tmpfs, which refuses O_DIRECT at open (EINVAL)."""
-    if not os.path.isdir("/dev/shm"):
-        unavailable("/dev/shm (tmpfs) is missing")
-    fd, name = tempfile.mkstemp(dir="/dev/shm", prefix="diskpaxos-test-")
-    os.ftruncate(fd, 16 * 1024**2)
-    os.close(fd)
-    yield Path(name)
-    os.unlink(name)
+def ramfs_file(tmp_path: Path) -> Iterator[Path]:
+    """A file on a private ramfs mount, which refuses O_DIRECT at open (EINVAL).
+
+    tmpfs accepts O_DIRECT since Linux 6.6; ramfs still refuses it.
+    """
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        unavailable("mounting ramfs needs root and mount")
+    mountpoint = tmp_path / "ramfs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mountpoint)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount ramfs: {mounted.stderr.strip()}")
+    try:
+        path = mountpoint / "leases.img"
+        with open(path, "wb") as f:
+            f.truncate(1024**2)
+        yield path
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def readonly_mount(tmp_path: Path) -> Iterator[Path]:
+    """A directory holding ``leases.img`` (1 MiB), bind-mounted read-only: opening
+    the file for writing fails with EROFS while reading works."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        unavailable("bind mounts need root and mount")
+    source = tmp_path / "rw"
+    source.mkdir()
+    with open(source / "leases.img", "wb") as f:
+        f.truncate(1024**2)
+    target = tmp_path / "ro"
+    target.mkdir()
+    for args in (["--bind", str(source), str(target)], ["-o", "remount,ro,bind", str(target)]):
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            subprocess.run(["umount", str(target)], capture_output=True, timeout=30)
+            unavailable(f"cannot make a read-only bind mount: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True, timeout=30)
+
+
+class SanlockDaemon:
+    """A real sanlock daemon, unprivileged, in its own run dir: one "host".
+
+    Started by the fixtures below and stopped by pid (its helper process too),
+    whatever the test's outcome.
+    """
+
+    def __init__(self, sanlock_bin: str, run_dir: Path, host_name: str | None = None) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ, SANLOCK_RUN_DIR=str(run_dir), SANLOCK_PRIVILEGED="0")
+        argv = [sanlock_bin, "daemon", "-D", "-w", "0"]
+        if host_name:
+            argv += ["-e", host_name]
+        self.log_path = run_dir / "daemon.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        import time
+        deadline = time.monotonic() + 10
+        while not (run_dir / "sanlock.sock").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sanlock daemon did not start: {self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def _children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(x) for x in text.split()]
+
+    def stop(self) -> None:
+        import signal
+        import time
+        helpers = self._children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for pid in helpers:
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def sanlock_reader(sanlock_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SanlockDaemon]:
+    """One sanlock daemon per test session: python3-sanlock's read_* calls go through it."""
+    daemon = SanlockDaemon(sanlock_bin, tmp_path_factory.mktemp("sanlock-reader"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def sanlock_daemon(sanlock_bin: str, tmp_path: Path) -> Iterator[Callable[..., SanlockDaemon]]:
+    """Factory: ``sanlock_daemon(host_name=None)`` starts one more sanlock "host"."""
+    started: list[SanlockDaemon] = []
+
+    def start(host_name: str | None = None) -> SanlockDaemon:
+        daemon = SanlockDaemon(sanlock_bin, tmp_path / f"sanlock-run{len(started)}", host_name)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

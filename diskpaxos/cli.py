@@ -1,0 +1,279 @@
+"""The ``diskpaxos`` and ``mklockspace`` commands (click): parse, call a layer, print.
+
+Verbs and lease strings mirror sanlock's so a sanlock user feels at home.
+A user's mistake is one line on stderr and exit status 1 (2 for usage),
+never a traceback; nothing is written when an argument or a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from . import direct, errors
+from .format import MiB, Geometry, LeaderRecord, check_name
+from .dump import header as dump_header
+from .dump import walk as dump_walk
+from .lease_strings import parse_lockspace, parse_resource, parse_size, split_unescaped
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def fail(error: errors.DiskpaxosError) -> NoReturn:
+    click.echo(f"{click.get_current_context().find_root().info_name}: {error}", err=True)
+    sys.exit(EXIT_USAGE if isinstance(error, errors.UsageError) else EXIT_ERROR)
+
+
+class _Command(click.Command):
+    """Turns diskpaxos errors raised by a command into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.DiskpaxosError as e:
+            fail(e)
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type
+
+
+def _sector_size(value: str | None) -> int | None:
+    if value in (None, "auto"):
+        return None
+    if value not in ("512", "4096"):
+        raise click.BadParameter(f"{value!r} is not 512 or 4096")
+    return int(value)
+
+
+def _align_size(value: str | None) -> int | None:
+    if value in (None, "auto"):
+        return None
+    try:
+        size = parse_size(value, "align")
+    except errors.UsageError as e:
+        raise click.BadParameter(str(e)) from None
+    if size not in (MiB, 2 * MiB, 4 * MiB, 8 * MiB):
+        raise click.BadParameter(f"{value!r} is not 1M, 2M, 4M or 8M")
+    return size
+
+
+def _usage(callback: Callable[[], Any]) -> Any:
+    try:
+        return callback()
+    except errors.UsageError as e:
+        raise click.UsageError(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
+def main(verbose: int) -> None:
+    """diskpaxos: storage leases that interoperate with sanlock."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group(cls=_Group)
+def direct_group() -> None:
+    """Operate on lease areas directly, without a daemon (sanlock's direct verbs)."""
+
+
+main.add_command(direct_group, "direct")
+
+
+@direct_group.command("init")
+@click.option("-s", "lockspace", metavar="LS:0:PATH:OFFSET", help="Initialise a lockspace.")
+@click.option("-r", "resource", metavar="LS:RES:PATH:OFFSET", help="Initialise a resource lease.")
+@click.option("-Z", "sector_size", type=click.Choice(["512", "4096"]), help="Sector size (default: the device's).")
+@click.option("-A", "align", metavar="1M|2M|4M|8M", help="Alignment (default 1M for 512, 8M for 4096).")
+@click.option("-o", "io_timeout", type=click.IntRange(1, 255), default=10, show_default=True,
+              help="io_timeout stored in the lockspace records.")
+@click.option("-n", "num_hosts", type=click.IntRange(0, 2000), default=0, help="Resource: hosts (default: max).")
+@click.option("-z", "--clear", is_flag=True, help="Resource: write a cleared lease.")
+@click.option("--force", is_flag=True, help="Overwrite data that is not ours, or a lease in use.")
+def direct_init(lockspace: str | None, resource: str | None, sector_size: str | None, align: str | None,
+                io_timeout: int, num_hosts: int, clear: bool, force: bool) -> None:
+    """Write a fresh lockspace (-s) or resource lease (-r), byte for byte as sanlock does."""
+    if (lockspace is None) == (resource is None):
+        raise click.UsageError("give exactly one of -s LOCKSPACE or -r RESOURCE")
+    ss, al = _sector_size(sector_size), _align_size(align)
+    if lockspace is not None:
+        ls = _usage(lambda: parse_lockspace(lockspace))
+        result = direct.init_lockspace(ls.path, ls.offset, ls.name, sector_size=ss, align_size=al,
+                                       io_timeout=io_timeout, force=force)
+    else:
+        res = _usage(lambda: parse_resource(resource))  # type: ignore[arg-type]
+        if res.lver is not None or res.shared:
+            raise click.UsageError("init -r takes no :LVER or :SH")
+        result = None
+        for disk in res.disks:
+            result = direct.init_resource(disk.path, disk.offset, res.lockspace, res.name, sector_size=ss,
+                                          align_size=al, num_hosts=num_hosts, clear=clear, force=force)
+    click.echo("init done 0")
+    assert result is not None
+    if result.replaced:
+        click.echo(f"replaced {result.replaced}", err=True)
+
+
+def leader_text(rec: LeaderRecord, kind: str, code: int) -> str:
+    """``read_leader`` output, line for line as sanlock prints it."""
+    w = ("extra1", "extra2", "extra3") if kind == "lockspace" else \
+        ("write_id", "write_generation", "write_timestamp")
+    lines = [
+        f"read_leader done {code}",
+        f"magic 0x{rec.magic:x}", f"version 0x{rec.version:x}", f"flags 0x{rec.flags:x}",
+        f"sector_size {rec.sector_size}", f"num_hosts {rec.num_hosts}", f"max_hosts {rec.max_hosts}",
+        f"owner_id {rec.owner_id}", f"owner_generation {rec.owner_generation}", f"lver {rec.lver}",
+        f"space_name {rec.space_name}", f"resource_name {rec.resource_name}",
+        f"timestamp {rec.timestamp}", f"checksum 0x{rec.checksum:x}", f"io_timeout {rec.io_timeout}",
+        f"{w[0]} {rec.write_id}", f"{w[1]} {rec.write_generation}", f"{w[2]} {rec.write_timestamp}",
+    ]
+    return "\n".join(lines)
+
+
+def _geometry_json(g: Geometry) -> dict[str, int]:
+    return {"sector_size": g.sector_size, "align_size": g.align_size, "max_hosts": g.max_hosts}
+
+
+@direct_group.command("read-leader")
+@click.option("-s", "lockspace", metavar="LS:HOST_ID:PATH:OFFSET", help="Read a host_id's delta lease.")
+@click.option("-r", "resource", metavar="LS:RES:PATH:OFFSET", help="Read a resource lease's leader.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def direct_read_leader(lockspace: str | None, resource: str | None, as_json: bool) -> None:
+    """Print one leader record and whether it verifies (as sanlock's read_leader)."""
+    if (lockspace is None) == (resource is None):
+        raise click.UsageError("give exactly one of -s LOCKSPACE or -r RESOURCE")
+    if lockspace is not None:
+        ls = _usage(lambda: parse_lockspace(lockspace))
+        if ls.host_id == 0:
+            raise click.UsageError(f"lockspace {lockspace!r}: host_id must be 1 or more to read its record")
+        result = direct.read_leader(ls.path, ls.offset, host_id=ls.host_id, kind="lockspace",
+                                    space_name=ls.name)
+    else:
+        res = _usage(lambda: parse_resource(resource))  # type: ignore[arg-type]
+        result = direct.read_leader(res.path, res.offset, kind="resource", space_name=res.lockspace,
+                                    resource_name=res.name)
+    code = result.error.code if result.error else 0
+    if as_json:
+        out = {"path": result.path, "offset": result.offset, "kind": result.kind, "ok": result.ok,
+               "code": code, "error": str(result.error) if result.error else None,
+               "geometry": _geometry_json(result.geometry), "leader": asdict(result.record)}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(leader_text(result.record, result.kind, code))
+    if result.error is not None:
+        fail(result.error)
+
+
+@direct_group.command("dump")
+@click.argument("target", metavar="PATH[:OFFSET[:SIZE]]")
+@click.option("-f", "flags", default="0", metavar="N",
+              help="0: records; non-zero: also request lver/mode, bitmaps, rindex entries; >1: also dblocks.")
+@click.option("-Z", "sector_size", type=click.Choice(["512", "4096"]), help="Sector size (default: probed).")
+@click.option("-A", "align", metavar="1M|2M|4M|8M", help="Alignment (default: probed).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every record, decoded).")
+def direct_dump(target: str, flags: str, sector_size: str | None, align: str | None, as_json: bool) -> None:
+    """Print the lease areas at PATH as sanlock's ``direct dump`` does, line for line."""
+    parts = split_unescaped(target)
+    if len(parts) > 3:
+        raise click.UsageError(f"{target!r} is not PATH[:OFFSET[:SIZE]]")
+    path = parts[0]
+    offset = _usage(lambda: parse_size(parts[1], "offset")) if len(parts) > 1 and parts[1] else 0
+    size = _usage(lambda: parse_size(parts[2], "size")) if len(parts) > 2 and parts[2] else 0
+    try:
+        level = int(flags, 0)
+    except ValueError:
+        raise click.BadParameter(f"{flags!r} is not a number", param_hint="-f") from None
+    geometry = None
+    if sector_size or align:
+        if not (sector_size and align):
+            raise click.UsageError("give -Z and -A together (or neither, to probe)")
+        geometry = _usage(lambda: Geometry(int(sector_size), _align_size(align)))  # type: ignore[arg-type]
+    geo, areas = dump_walk(path, offset, size, level, geometry)
+    if as_json:
+        out = {"path": path, "offset": offset, "size": size, "sector_size": geo.sector_size,
+               "align_size": geo.align_size, "areas": [{"offset": a.offset, "kind": a.kind, **a.data}
+                                                       for a in areas]}
+        click.echo(json.dumps(out, indent=2))
+        return
+    out_bytes = sys.stdout.buffer
+    out_bytes.write(dump_header(level) + b"\n")
+    for area in areas:
+        for line in area.lines:
+            out_bytes.write(line + b"\n")
+    out_bytes.flush()
+
+
+# --- mklockspace ------------------------------------------------------------------
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Lockspace name (at most 48 bytes).")
+@click.option("--sector-size", "sector_size", default="auto", show_default=True,
+              type=click.Choice(["auto", "512", "4096"]))
+@click.option("--align", default="auto", show_default=True, metavar="auto|1M|2M|4M|8M")
+@click.option("--offset", default="0", show_default=True, help="Byte offset (suffixes: 1M ...).")
+@click.option("--io-timeout", "io_timeout", type=click.IntRange(1, 255), default=10, show_default=True)
+@click.option("--size", default=None, help="Create PATH as a new file of this size (e.g. 1G).")
+@click.option("--force", is_flag=True, help="Overwrite whatever is there.")
+def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str, io_timeout: int,
+                size: str | None, force: bool) -> None:
+    """Format a lockspace on a shared LUN or in a file, refusing to destroy data.
+
+    PATH must hold zeros (or this very lockspace, with no host joined) where
+    the lockspace goes, unless --force.  Prints the resulting geometry.
+    """
+    ss, al = _sector_size(sector_size), _align_size(align)
+    off = _usage(lambda: parse_size(offset, "offset"))
+    if size is not None:
+        nbytes = _usage(lambda: parse_size(size, "size"))
+        if os.path.exists(path):
+            raise click.UsageError(f"{path} exists; --size only creates a new file")
+        needed = off + (al or 8 * MiB)
+        if nbytes < needed:
+            raise click.UsageError(f"--size {size} is too small: the lockspace needs {needed} bytes")
+        _usage(lambda: check_name("lockspace name", name))
+        with open(path, "xb") as f:
+            f.truncate(nbytes)
+        created = True
+    elif not os.path.exists(path):
+        raise click.UsageError(f"{path} does not exist; give --size to create a file")
+    else:
+        created = False
+    try:
+        result = direct.init_lockspace(path, off, name, sector_size=ss, align_size=al,
+                                       io_timeout=io_timeout, force=force)
+    except BaseException:
+        if created:
+            os.unlink(path)  # leave nothing behind for a file we made
+        raise
+    g = result.geometry
+    click.echo(f"formatted lockspace {name!r} on {path}")
+    for key, value in (("offset", result.offset), ("sector size", g.sector_size),
+                       ("align", f"{g.align_size // MiB}M"), ("max hosts", g.max_hosts),
+                       ("io_timeout", io_timeout),
+                       ("area", f"{result.offset}..{result.offset + g.align_size}"),
+                       ("next free offset", result.offset + g.align_size)):
+        click.echo(f"  {key:<17} {value}")
+    if result.replaced:
+        click.echo(f"  replaced          {result.replaced}")
+
+
+def mklockspace_main() -> None:
+    mklockspace(prog_name="mklockspace")
+
+
+if __name__ == "__main__":
+    main()

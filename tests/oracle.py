@@ -1,0 +1,75 @@
+"""Drive the real sanlock (the oracle) and the diskpaxos CLI as separate processes.
+
+Used by the interop tests: every comparison runs both real programs on real
+storage and compares what they print or write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+DISKPAXOS = os.path.join(os.path.dirname(sys.executable), "diskpaxos")
+MKLOCKSPACE = os.path.join(os.path.dirname(sys.executable), "mklockspace")
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> Result:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                       env=env)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def sanlock(sanlock_bin: str, *args: str, timeout: float = 120) -> Result:
+    return run([sanlock_bin, *args], timeout=timeout)
+
+
+def diskpaxos(*args: str, timeout: float = 120) -> Result:
+    return run([DISKPAXOS, *args], timeout=timeout)
+
+
+def mklockspace(*args: str, timeout: float = 120) -> Result:
+    return run([MKLOCKSPACE, *args], timeout=timeout)
+
+
+def py_sanlock(python: str, code: str, timeout: float = 60, env: dict[str, str] | None = None) -> object:
+    """Run ``code`` with python3-sanlock imported as ``sanlock``; it must set ``result``.
+
+    Returns the JSON-decoded result, or {"errno": N} for a SanlockException.
+    """
+    wrapper = (
+        "import json, sanlock\n"
+        "try:\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + "except sanlock.SanlockException as e:\n"
+        "    result = {'errno': e.errno}\n"
+        "def conv(o):\n"
+        "    return o.decode() if isinstance(o, bytes) else str(o)\n"
+        "print(json.dumps(result, default=conv))\n"
+    )
+    p = subprocess.run([python, "-c", wrapper], capture_output=True, text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"python3-sanlock failed: {p.stderr}")
+    return json.loads(p.stdout)
+
+
+def read_area(path: str, offset: int, length: int) -> bytes:
+    """Read bytes with O_DIRECT so a block device's page cache cannot mislead us."""
+    import mmap
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, length)
+        n = os.preadv(fd, [buf], offset)
+        assert n == length, f"short read {n} of {length}"
+        return bytes(buf)
+    finally:
+        os.close(fd)
