@@ -87,6 +87,12 @@ def test_lockspace_and_resource_init_byte_identical(sanlock_bin: str, sanlock_py
     same("direct", "read_leader", "-r", f"LSX:RES_A:@:{align}")
     same("direct", "read_leader", "-r", f"LSX:RES_B:@:{2 * align}")
     same("direct", "dump", f"@:0:{3 * align}")
+    for flag in ("0", "2"):
+        theirs_dump = sanlock(sanlock_bin, "direct", "dump", f"{b}:0:{3 * align}", "-f", flag)
+        ours_dump = diskpaxos("direct", "dump", f"{b}:0:{3 * align}", "-f", flag)
+        assert ours_dump.returncode == 0, ours_dump.stderr
+        assert ours_dump.stdout == theirs_dump.stdout
+        assert "RES_A" in ours_dump.stdout and "RES_B" in ours_dump.stdout
 
     code = (f"result = [sanlock.read_lockspace(P, 0, align={align}, sector={sector}),"
             f" sanlock.read_resource(P, {align}, align={align}, sector={sector}),"
