@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NoReturn, TypeVar
@@ -18,7 +20,10 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import direct, errors
+from .lockspace import Lockspace
+from .observer import observe_hosts
 from .format import MiB, Geometry, LeaderRecord, check_name
+from .io_direct import FILE_SECTOR_SIZE
 from .dump import header as dump_header
 from .dump import walk as dump_walk
 from .lease_strings import parse_lockspace, parse_resource, parse_size, split_unescaped
@@ -34,17 +39,40 @@ def fail(error: errors.DiskpaxosError) -> NoReturn:
     sys.exit(EXIT_USAGE if isinstance(error, errors.UsageError) else EXIT_ERROR)
 
 
-class _Command(click.Command):
-    """Turns diskpaxos errors raised by a command into one line and an exit status."""
+def _usage_fail(e: click.UsageError) -> NoReturn:
+    """click's usage error as one line (click prints usage, a hint and the message)."""
+    prog = e.ctx.find_root().info_name if e.ctx is not None else "diskpaxos"
+    click.echo(f"{prog}: {e.format_message()}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+class _OneLineErrors:
+    """Turns diskpaxos errors and click's usage errors into one line and an exit status.
+
+    Parsing happens in make_context, a command's own checks in invoke; a
+    group's invoke covers its subcommands' parsing too.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
+        except click.UsageError as e:
+            _usage_fail(e)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[misc]
         except errors.DiskpaxosError as e:
             fail(e)
+        except click.UsageError as e:
+            _usage_fail(e)
 
 
-class _Group(click.Group):
+class _Command(_OneLineErrors, click.Command):
+    pass
+
+
+class _Group(_OneLineErrors, click.Group):
     command_class = _Command
     group_class = type
 
@@ -67,6 +95,15 @@ def _align_size(value: str | None) -> int | None:
     if size not in (MiB, 2 * MiB, 4 * MiB, 8 * MiB):
         raise click.BadParameter(f"{value!r} is not 1M, 2M, 4M or 8M")
     return size
+
+
+def _check_combination(sector_size: int | None, align_size: int | None) -> None:
+    """A sector size with an alignment it cannot have is a usage error (sanlock: -22)."""
+    if sector_size is not None and align_size is not None:
+        try:
+            Geometry(sector_size, align_size)
+        except errors.GeometryError as e:
+            raise click.UsageError(str(e)) from None
 
 
 def _usage(callback: Callable[[], Any]) -> Any:
@@ -108,6 +145,7 @@ def direct_init(lockspace: str | None, resource: str | None, sector_size: str | 
     if (lockspace is None) == (resource is None):
         raise click.UsageError("give exactly one of -s LOCKSPACE or -r RESOURCE")
     ss, al = _sector_size(sector_size), _align_size(align)
+    _check_combination(ss, al)
     if lockspace is not None:
         ls = _usage(lambda: parse_lockspace(lockspace))
         result = direct.init_lockspace(ls.path, ls.offset, ls.name, sector_size=ss, align_size=al,
@@ -126,6 +164,11 @@ def direct_init(lockspace: str | None, resource: str | None, sector_size: str | 
         click.echo(f"replaced {result.replaced}", err=True)
 
 
+def _c_string(name: str) -> str:
+    """A name as sanlock prints it (``%.48s``): up to the first NUL."""
+    return name.split("\0", 1)[0]
+
+
 def leader_text(rec: LeaderRecord, kind: str, code: int) -> str:
     """``read_leader`` output, line for line as sanlock prints it."""
     w = ("extra1", "extra2", "extra3") if kind == "lockspace" else \
@@ -135,7 +178,7 @@ def leader_text(rec: LeaderRecord, kind: str, code: int) -> str:
         f"magic 0x{rec.magic:x}", f"version 0x{rec.version:x}", f"flags 0x{rec.flags:x}",
         f"sector_size {rec.sector_size}", f"num_hosts {rec.num_hosts}", f"max_hosts {rec.max_hosts}",
         f"owner_id {rec.owner_id}", f"owner_generation {rec.owner_generation}", f"lver {rec.lver}",
-        f"space_name {rec.space_name}", f"resource_name {rec.resource_name}",
+        f"space_name {_c_string(rec.space_name)}", f"resource_name {_c_string(rec.resource_name)}",
         f"timestamp {rec.timestamp}", f"checksum 0x{rec.checksum:x}", f"io_timeout {rec.io_timeout}",
         f"{w[0]} {rec.write_id}", f"{w[1]} {rec.write_generation}", f"{w[2]} {rec.write_timestamp}",
     ]
@@ -215,6 +258,85 @@ def direct_dump(target: str, flags: str, sector_size: str | None, align: str | N
     out_bytes.flush()
 
 
+# --- lockspace ----------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def lockspace_group() -> None:
+    """Join a lockspace, or watch its hosts from storage."""
+
+
+main.add_command(lockspace_group, "lockspace")
+
+
+@lockspace_group.command("join")
+@click.option("-s", "lockspace", required=True, metavar="LS:HOST_ID:PATH:OFFSET")
+@click.option("-o", "io_timeout", type=click.IntRange(1, 255), default=10, show_default=True)
+@click.option("--name", "host_name", default=None, help="Host name stored in the lease (default: <uuid>.<node>).")
+def lockspace_join(lockspace: str, io_timeout: int, host_name: str | None) -> None:
+    """Join and renew in the foreground until SIGINT/SIGTERM, then leave cleanly.
+
+    Prints one line per renewal; exits 1 if the lease is lost.
+    """
+    ls_arg = _usage(lambda: parse_lockspace(lockspace))
+    if ls_arg.host_id == 0:
+        raise click.UsageError(f"lockspace {lockspace!r}: give a host_id of 1 or more to join")
+    stop = threading.Event()
+    lost: list[str] = []
+
+    def on_failure(_ls: Lockspace, reason: str) -> None:
+        lost.append(reason)
+        stop.set()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    click.echo(f"joining {ls_arg.name} as host_id {ls_arg.host_id} (io_timeout {io_timeout})")
+    ls = Lockspace.join(ls_arg.name, ls_arg.host_id, ls_arg.path, ls_arg.offset, io_timeout, host_name,
+                        on_renewal_failure=on_failure, abort=stop)
+    click.echo(f"joined {ls.name} host_id {ls.host_id} generation {ls.generation} name {ls.host_name}")
+    printed = float("-inf")
+
+    def print_new() -> None:
+        nonlocal printed
+        for renewal in ls.renewal_history():
+            if renewal.local_time > printed:
+                click.echo(renewal.line())
+                printed = renewal.local_time
+
+    try:
+        while not stop.wait(0.2):
+            print_new()
+        print_new()
+    finally:
+        ls.leave()
+    if lost:
+        click.echo(f"{ls.name}:{ls.host_id}: lease lost: {lost[0]}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(f"left {ls.name} host_id {ls.host_id}")
+
+
+@lockspace_group.command("hosts")
+@click.option("-s", "lockspace", required=True, metavar="LS:0:PATH:OFFSET")
+@click.option("--watch", "seconds", type=click.FloatRange(0), default=None,
+              help="Observe this long (default: long enough to see every host renew).")
+@click.option("-o", "io_timeout", type=click.IntRange(1, 255), default=10, show_default=True,
+              help="Our io_timeout: judges hosts whose record stores none.")
+@click.option("--json", "as_json", is_flag=True)
+def lockspace_hosts(lockspace: str, seconds: float | None, io_timeout: int, as_json: bool) -> None:
+    """The host table as observed from storage alone (no join, nothing written)."""
+    ls_arg = _usage(lambda: parse_lockspace(lockspace))
+    table = observe_hosts(ls_arg.name, ls_arg.path, ls_arg.offset, seconds, io_timeout)
+    if as_json:
+        click.echo(json.dumps([h.as_dict() for h in table], indent=2))
+        return
+    click.echo(f"{'host_id':>7} {'generation':>10} {'timestamp':>10} {'state':<7} {'io':>3}  name")
+    for h in table:
+        click.echo(f"{h.host_id:>7} {h.generation:>10} {h.timestamp:>10} {h.state.name:<7} {h.io_timeout:>3}  {h.name}")
+
+
 # --- mklockspace ------------------------------------------------------------------
 
 
@@ -236,20 +358,23 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
     the lockspace goes, unless --force.  Prints the resulting geometry.
     """
     ss, al = _sector_size(sector_size), _align_size(align)
+    _check_combination(ss, al)
     off = _usage(lambda: parse_size(offset, "offset"))
     if size is not None:
         nbytes = _usage(lambda: parse_size(size, "size"))
-        if os.path.exists(path):
-            raise click.UsageError(f"{path} exists; --size only creates a new file")
-        needed = off + (al or 8 * MiB)
+        if os.path.lexists(path):
+            raise errors.DiskpaxosError(path=path, reason="already exists; --size only creates a new file")
+        # a new file has 512-byte sectors unless told otherwise (the geometry init will choose)
+        file_ss = ss or FILE_SECTOR_SIZE
+        needed = off + (al or Geometry.default_for(file_ss).align_size)
         if nbytes < needed:
             raise click.UsageError(f"--size {size} is too small: the lockspace needs {needed} bytes")
         _usage(lambda: check_name("lockspace name", name))
         with open(path, "xb") as f:
             f.truncate(nbytes)
         created = True
-    elif not os.path.exists(path):
-        raise click.UsageError(f"{path} does not exist; give --size to create a file")
+    elif not os.path.lexists(path):
+        raise errors.OpenError(path=path, reason="No such file or directory (give --size to create a file)")
     else:
         created = False
     try:

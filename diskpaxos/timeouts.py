@@ -16,6 +16,8 @@ WATCHDOG_FIRE_TIMEOUT = 60
 INIT_IO_TIMEOUT = 60  # sanlock's write_init_io_timeout: initialisation writes
 KILL_GRACE_SECONDS = 40  # DEFAULT_GRACE_SEC: killpath / SIGTERM before SIGKILL
 SH_RETRIES = 8
+OBSERVE_INTERVAL = 1  # seconds between reads when watching hosts without joining
+RENEWAL_RETRY_INTERVAL = 1  # seconds between attempts after a failed renewal, as sanlock's loop
 
 
 @dataclass(frozen=True)
