@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -220,40 +222,68 @@ assert LEADER_CHECKSUM_OFFSET == LEADER_CHECKSUM_LEN and DBLOCK_CHECKSUM_OFFSET 
 R = TypeVar("R", bound="Record")
 
 
-class Record:
-    """A dataclass record serialised through the construct spec of ``FIELDS``.
+_STRUCT_CODES = {"u16": "H", "u32": "I", "u64": "Q", "name": f"{NAME_LEN}s"}
 
-    Names are ``str`` (the bytes up to the first NUL); building NUL-pads them.
+
+def packer(fields: Sequence[Field]) -> struct.Struct:
+    """A ``struct.Struct`` for one record, generated from its field table.
+
+    The fast path of ``Record.to_bytes``/``from_bytes`` (a renewal builds and
+    parses records several times); the construct spec stays the declarative
+    view used for dumps, and the tests prove the three views agree.
+    """
+    return struct.Struct("<" + "".join(f"{f.size}x" if f.kind == "pad" else _STRUCT_CODES[f.kind]
+                                       for f in fields))
+
+
+class Record:
+    """A dataclass record serialised by the field table ``FIELDS``.
+
+    Names are ``str`` (trailing NULs stripped, undecodable bytes kept as
+    surrogates); building NUL-pads them.
     """
 
     FIELDS: ClassVar[tuple[Field, ...]]
     STRUCT: ClassVar[cs.Struct]
+    PACKER: ClassVar[struct.Struct]
     SIZE: ClassVar[int]
+    _NAMES: ClassVar[tuple[str, ...]]
+    _NAME_FIELDS: ClassVar[frozenset[str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "FIELDS" in cls.__dict__:
             cls.STRUCT = construct_struct(cls.FIELDS)
+            cls.PACKER = packer(cls.FIELDS)
             cls.SIZE = table_size(cls.FIELDS)
+            assert cls.PACKER.size == cls.SIZE
+            cls._NAMES = tuple(f.name for f in cls.FIELDS if f.kind != "pad")
+            cls._NAME_FIELDS = frozenset(f.name for f in cls.FIELDS if f.kind == "name")
 
     @classmethod
     def from_bytes(cls: type[R], data: bytes | bytearray | memoryview | np.ndarray) -> R:
-        raw = bytes(memoryview(data)[: cls.SIZE])
+        raw = bytes(memoryview(data)[: cls.SIZE])  # type: ignore[arg-type]
         if len(raw) < cls.SIZE:
             raise errors.FormatError(f"{cls.__name__} needs {cls.SIZE} bytes, got {len(raw)}")
-        parsed = cls.STRUCT.parse(raw)
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        return cls(**{n: parsed[n] for n in names})
+        values = cls.PACKER.unpack(raw)
+        names = cls._NAME_FIELDS
+        return cls(**{n: (v.rstrip(b"\0").decode("utf8", "surrogateescape") if n in names else v)
+                      for n, v in zip(cls._NAMES, values)})
 
     def to_bytes(self) -> bytes:
-        values = dataclasses.asdict(self)  # type: ignore[call-overload]
-        for f in self.FIELDS:
-            if f.kind == "name":
-                encoded = name_bytes(values[f.name])
-                if len(encoded) > NAME_LEN:
+        values = []
+        for n in self._NAMES:
+            v = getattr(self, n)
+            if n in self._NAME_FIELDS:
+                v = name_bytes(v)
+                if len(v) > NAME_LEN:
                     raise errors.UsageError(
-                        f"{f.name} {values[f.name]!r} is {len(encoded)} bytes, at most {NAME_LEN} allowed")
-        return self.STRUCT.build(values)
+                        f"{n} {getattr(self, n)!r} is {len(v)} bytes, at most {NAME_LEN} allowed")
+            values.append(v)
+        try:
+            return self.PACKER.pack(*values)
+        except struct.error as e:
+            raise errors.UsageError(f"{type(self).__name__}: {e}") from None
 
     def replace(self: R, **changes: Any) -> R:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -638,6 +668,7 @@ def build_rindex_header(geometry: Geometry, space_name: str, rx_offset: int,
 # --- bulk views of whole areas --------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def delta_sector_dtype(sector_size: int) -> np.dtype:
     """One delta-lease sector: the leader record and the host-id bitmap."""
     spec = numpy_fields(LEADER_FIELDS)
@@ -648,6 +679,7 @@ def delta_sector_dtype(sector_size: int) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": sector_size})
 
 
+@functools.lru_cache(maxsize=None)
 def dblock_sector_dtype(sector_size: int) -> np.dtype:
     """One dblock sector: the dblock and the mode block at byte 128."""
     spec = numpy_fields(DBLOCK_FIELDS)

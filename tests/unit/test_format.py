@@ -264,9 +264,13 @@ def test_construct_and_numpy_agree(cls: type, data: st.DataObject) -> None:
     # padding is zero
     for pos in set(range(size)) - _covered_bytes(size, spec):
         assert raw[pos] == 0
-    # construct view
+    # the struct fast path (from_bytes) and the construct spec, both from the table
     parsed = cls.from_bytes(raw)
     assert parsed == rec
+    via_construct = cls.STRUCT.parse(raw)
+    for name, _, _ in spec:
+        assert via_construct[name] == getattr(rec, name), name
+    assert cls.STRUCT.build({n: getattr(rec, n) for n, _, _ in spec}) == raw
     # numpy view, field by field
     arr = np.frombuffer(raw, numpy_dtype(cls.FIELDS))
     assert arr.shape == (1,)
