@@ -22,6 +22,7 @@ import click
 from . import direct, errors
 from .lockspace import Lockspace
 from .observer import observe_hosts
+from .runner import Runner
 from .format import MiB, Geometry, LeaderRecord, check_name
 from .io_direct import FILE_SECTOR_SIZE
 from .dump import header as dump_header
@@ -335,6 +336,35 @@ def lockspace_hosts(lockspace: str, seconds: float | None, io_timeout: int, as_j
     click.echo(f"{'host_id':>7} {'generation':>10} {'timestamp':>10} {'state':<7} {'io':>3}  name")
     for h in table:
         click.echo(f"{h.host_id:>7} {h.generation:>10} {h.timestamp:>10} {h.state.name:<7} {h.io_timeout:>3}  {h.name}")
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("-s", "lockspace", required=True, metavar="LS:HOST_ID:PATH:OFFSET")
+@click.option("-r", "resources", multiple=True, metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
+@click.option("--shared", "shared", multiple=True, metavar="LS:RES:PATH:OFFSET", help="A resource held shared.")
+@click.option("-o", "io_timeout", type=click.IntRange(1, 255), default=10, show_default=True)
+@click.option("--name", "host_name", default=None, help="Host name stored in the lease (default: <uuid>.<node>).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(lockspace: str, resources: tuple[str, ...], shared: tuple[str, ...], io_timeout: int,
+                host_name: str | None, command: tuple[str, ...]) -> None:
+    """Join, acquire every resource (all or nothing), run COMMAND while holding them.
+
+    Releases and leaves when COMMAND exits and returns its exit status; if a
+    lease cannot be had, says who holds it, exits 1 and never runs COMMAND.
+    """
+    ls_arg = _usage(lambda: parse_lockspace(lockspace))
+    if ls_arg.host_id == 0:
+        raise click.UsageError(f"lockspace {lockspace!r}: give a host_id of 1 or more")
+    res = [_usage(lambda r=r: parse_resource(r)) for r in resources]
+    for text in shared:
+        r = _usage(lambda t=text: parse_resource(t))
+        res.append(r if r.shared else type(r)(r.lockspace, r.name, r.disks, None, True))
+    if not res:
+        raise click.UsageError("give at least one -r RESOURCE or --shared RESOURCE")
+    runner = _usage(lambda: Runner(ls_arg, res, command, io_timeout, host_name))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the command gets them; we wait for it to exit
+        signal.signal(sig, lambda *_: None)
+    sys.exit(runner.run())
 
 
 # --- mklockspace ------------------------------------------------------------------

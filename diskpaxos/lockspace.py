@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import logging
 import os
 import threading
@@ -26,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import delta_lease, errors
+from . import delta_lease, errors, paxos_lease
 from .clock import REAL_CLOCK, Clock
 from .direct import probe_geometry
-from .format import Geometry, HostState
+from .format import LEADER_SIZE, Geometry, HostState, LeaderRecord, check_delta_leader, check_name
 from .host_table import HostInfo, HostTable
 from .io_direct import DEFAULT_SYSCALLS, DirectStorage, Syscalls
 from .timeouts import DEFAULT_IO_TIMEOUT, RENEWAL_RETRY_INTERVAL, WATCHDOG_FIRE_TIMEOUT, Timeouts
@@ -88,6 +89,66 @@ def default_host_name() -> str:
 FailureCallback = Callable[["Lockspace", str], None]
 
 
+class Lease:
+    """A resource lease held through a joined lockspace (context manager)."""
+
+    def __init__(self, lockspace: Lockspace, storage: DirectStorage, held: paxos_lease.PaxosLease,
+                 key: tuple[str, int]) -> None:
+        self.lockspace = lockspace
+        self.storage = storage
+        self.held = held
+        self.key = key
+        self.released = False
+
+    @property
+    def resource(self) -> str:
+        return self.held.resource
+
+    @property
+    def lver(self) -> int:
+        return self.held.lver
+
+    @property
+    def shared(self) -> bool:
+        return self.held.shared
+
+    @property
+    def valid(self) -> bool:
+        """Held, and our host id still valid: the only time the resource may be used."""
+        return not self.released and self.lockspace.valid
+
+    def state_string(self) -> str:
+        return self.held.state_string()
+
+    def release(self) -> None:
+        """Give the lease back; nothing is written once the lockspace failed."""
+        if self.released:
+            return
+        try:
+            if self.lockspace.may_write():
+                paxos_lease.release(self.storage, self.held, self.lockspace.timeouts.io_timeout,
+                                    self.lockspace.clock)
+            else:
+                log.warning("%s: not released on storage: the lockspace is no longer valid", self.state_string())
+        finally:
+            self.released = True
+            self.lockspace._forget(self)
+            self.close()
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.state_string()}{' released' if self.released else ''}>"
+
+
 class Lockspace:
     """A joined lockspace: our host id renewed on a thread, the host table, failure callback."""
 
@@ -115,6 +176,10 @@ class Lockspace:
         self._renewed = threading.Event()
         self._failed_fired = False
         self._last_request_from: dict[int, float] = {}
+        self._leases: dict[tuple[str, int], Lease] = {}
+        self._acquiring: set[tuple[str, int]] = set()
+        self._reader: DirectStorage | None = None
+        self._reader_lock = threading.Lock()
         self._renewal_thread = threading.Thread(target=self._renewal_loop, daemon=True,
                                                 name=f"renew-{self.name}:{self.host_id}")
         self._monitor_thread = threading.Thread(target=self._expiry_loop, daemon=True,
@@ -174,6 +239,12 @@ class Lockspace:
         with self._lock:
             return self._state in (State.JOINED, State.FAILING) and self.clock.monotonic() < self.expires_at
 
+    def may_write(self) -> bool:
+        """Our host id is still ours: writes on its behalf (releases while leaving) are allowed."""
+        with self._lock:
+            return (self._state in (State.JOINED, State.FAILING, State.LEAVING) and not self._failed_fired
+                    and self.clock.monotonic() < self.expires_at)
+
     def hosts(self, include_free: bool = False) -> list[HostInfo]:
         """The host table: every host seen holding an id, and its state now."""
         with self._lock:
@@ -191,6 +262,72 @@ class Lockspace:
         """Set host_id's bit in our bitmap for set_bitmap seconds (requests, events)."""
         with self._lock:
             self.lease.bitmap_set_times[host_id] = self.clock.monotonic()
+
+    # --- the paxos layer's view of us (paxos_lease.Liveness) -------------------------
+
+    def observed(self, host_id: int) -> tuple[int, int, int, float, float, int] | None:
+        with self._lock:
+            t = self.host_table
+            i = host_id - 1
+            if not t.checked[i]:
+                return None
+            return (int(t.owner_id[i]), int(t.generation[i]), int(t.timestamp[i]), float(t.last_live[i]),
+                    float(t.last_check[i]), int(t.io_timeout[i]))
+
+    def host_live(self, host_id: int, generation: int) -> bool:
+        with self._lock:
+            return self.host_table.host_live(host_id, generation, self.clock.monotonic())
+
+    def read_delta(self, host_id: int) -> LeaderRecord:
+        """Read host_id's delta lease now, through our own reader (not the renewal's storage)."""
+        offset = self.geometry.delta_offset(self.lease.ls_offset, host_id)
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = DirectStorage(self.storage.path, io_timeout=self.timeouts.io_timeout, readonly=True)
+            raw = self._reader.read(offset, self.geometry.sector_size)[:LEADER_SIZE]
+            rec = LeaderRecord.from_bytes(raw)
+        check_delta_leader(rec, path=self.storage.path, offset=offset, space_name=self.name)
+        return rec
+
+    # --- resource leases --------------------------------------------------------------
+
+    def acquire(self, resource: str, path: str, offset: int = 0, shared: bool = False,
+                lver: int | None = None, *, owner_nowait: bool = False,
+                syscalls: Syscalls = DEFAULT_SYSCALLS) -> Lease:
+        """Acquire a resource lease for this host (exclusive, or shared)."""
+        check_name("resource name", resource)
+        key = (os.path.realpath(path), offset)
+        with self._lock:
+            if not self.valid:
+                raise paxos_lease.LockspaceNotJoined(lockspace=self.name)
+            if key in self._leases or key in self._acquiring:
+                raise errors.DiskpaxosError(f"resource {resource!r} at {path}:{offset} is already held or being "
+                                            "acquired by this host", code=-errno.EEXIST)
+            self._acquiring.add(key)
+        storage = DirectStorage(path, io_timeout=self.timeouts.io_timeout, syscalls=syscalls)
+        try:
+            geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
+            held = paxos_lease.acquire(storage, geometry, offset, self, resource, shared=shared, lver=lver,
+                                       owner_nowait=owner_nowait, clock=self.clock, abort=self._stop)
+        except BaseException:
+            storage.close()
+            with self._lock:
+                self._acquiring.discard(key)
+            raise
+        lease = Lease(self, storage, held, key)
+        with self._lock:
+            self._acquiring.discard(key)
+            self._leases[key] = lease
+        log.info("%s:%d acquired %s", self.name, self.host_id, lease.state_string())
+        return lease
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            return list(self._leases.values())
+
+    def _forget(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.pop(lease.key, None)
 
     # --- leaving --------------------------------------------------------------------
 
@@ -214,12 +351,18 @@ class Lockspace:
                 log.warning("%s:%d left without releasing: a renewal is still stuck in I/O", self.name,
                             self.host_id)
             else:
+                for held in self.leases():
+                    held.release()
                 delta_lease.release(self.storage, self.lease)
                 log.info("%s:%d released host_id (generation %d)", self.name, self.host_id, self.generation)
         except errors.DiskpaxosError as e:
             log.error("%s:%d release failed: %s", self.name, self.host_id, e)
         finally:
+            for held in self.leases():
+                held.close()
             self.storage.close()
+            if self._reader is not None:
+                self._reader.close()
             with self._lock:
                 self._set_state(State.LEFT)
 
