@@ -375,9 +375,11 @@ def run_command(lockspace: str, resources: tuple[str, ...], shared: tuple[str, .
 @click.option("--no-faults", is_flag=True, help="No injected I/O faults (kills and freezes still happen).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Where the lease file, data file and logs go (default: a new temp dir, kept).")
+@click.option("--control-no-lease", is_flag=True,
+              help="Control run: hosts use the resource with no lease; the checker must report violations.")
 @click.option("--json", "as_json", is_flag=True)
 def torture_command(hosts: int, duration: str, seed: int, io_timeout: int, no_faults: bool,
-                    directory: str | None, as_json: bool) -> None:
+                    directory: str | None, control_no_lease: bool, as_json: bool) -> None:
     """N hosts fight over one lease through crashes, freezes and bad I/O; prove no overlap."""
     import tempfile
 
@@ -393,7 +395,8 @@ def torture_command(hosts: int, duration: str, seed: int, io_timeout: int, no_fa
         click.echo(f"\r[{bar:<30}] {done * 100:5.1f}% kills {stats.kills} freezes {stats.freezes} "
                    f"watchdog {stats.watchdog_kills}", err=True, nl=False)
 
-    t = Torture(directory, hosts, seconds, seed, io_timeout, faults=not no_faults, progress=progress)
+    t = Torture(directory, hosts, seconds, seed, io_timeout, faults=not no_faults, progress=progress,
+                control_no_lease=control_no_lease)
     report = t.run()
     if not as_json and sys.stderr.isatty():
         click.echo("", err=True)
@@ -434,7 +437,7 @@ def parse_duration(text: str) -> float:
 
 
 @click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False, readable=False))  # open() reports EACCES
 @click.option("--name", required=True, help="Lockspace name (at most 48 bytes).")
 @click.option("--sector-size", "sector_size", default="auto", show_default=True,
               type=click.Choice(["auto", "512", "4096"]))

@@ -48,7 +48,7 @@ class Stats:
 class Torture:
     def __init__(self, directory: str, hosts: int, duration: float, seed: int, io_timeout: int = 1,
                  faults: bool = True, kill_rate: float = 0.004, freeze_rate: float = 0.001,
-                 progress: Callable[[float, Stats], None] | None = None) -> None:
+                 progress: Callable[[float, Stats], None] | None = None, control_no_lease: bool = False) -> None:
         self.dir = directory
         self.rng = random.Random(seed)
         self.hosts = [Host(i + 1, self.rng.randrange(1 << 30)) for i in range(hosts)]
@@ -60,6 +60,7 @@ class Torture:
         self.freeze_rate = freeze_rate
         self.progress = progress
         self.stats = Stats()
+        self.control_no_lease = control_no_lease
         self.log = open(os.path.join(directory, "orchestrator.log"), "a", buffering=1)
 
     def event(self, name: str, **fields: object) -> None:
@@ -82,6 +83,8 @@ class Torture:
                 "--seed", str(host.seed + host.incarnations), "--io-timeout", str(self.io_timeout)]
         if self.faults:
             argv.append("--faults")
+        if self.control_no_lease:
+            argv.append("--no-lease")
         err = open(os.path.join(self.dir, f"host-{host.host_id}.stderr"), "ab")
         host.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
         err.close()

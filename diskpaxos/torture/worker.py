@@ -72,6 +72,20 @@ class DataBlock:
         return RECORD.unpack(self.buf[: RECORD.size])[1:]
 
 
+class _NoLease:
+    """The control run's stand-in for a lease: always "valid", never exclusive."""
+
+    def __init__(self, ls: Lockspace, seq: int) -> None:
+        self.ls, self.lver = ls, seq + 1
+
+    @property
+    def valid(self) -> bool:
+        return self.ls.valid
+
+    def release(self) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--io-timeout", type=int, default=1)
     ap.add_argument("--hold-max", type=float, default=3.0)
     ap.add_argument("--faults", action="store_true")
+    ap.add_argument("--no-lease", action="store_true",
+                    help="control run: use the resource without any lease, to show the checker catches overlaps")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"host{a.host_id} %(levelname)s %(name)s: %(message)s")
@@ -104,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         seq = 0
         while not lost.is_set():
             try:
-                lease = ls.acquire("R", leases, 1 << 20, syscalls=syscalls)
+                lease = _NoLease(ls, seq) if a.no_lease else ls.acquire("R", leases, 1 << 20, syscalls=syscalls)
             except errors.DiskpaxosError as e:
                 log.event("BUSY", code=e.code)
                 time.sleep(rng.random() * 0.5)
