@@ -120,6 +120,12 @@ class Lease:
     def state_string(self) -> str:
         return self.held.state_string()
 
+    def convert(self, shared: bool) -> None:
+        """Switch between shared and exclusive without letting go (-11 if live sharers remain)."""
+        if not self.valid:
+            raise paxos_lease.LockspaceNotJoined(lockspace=self.lockspace.name)
+        paxos_lease.convert(self.storage, self.held, self.lockspace, shared=shared, clock=self.lockspace.clock)
+
     def release(self) -> None:
         """Give the lease back; nothing is written once the lockspace failed."""
         if self.released:
@@ -155,7 +161,8 @@ class Lockspace:
     def __init__(self, storage: DirectStorage, lease: delta_lease.DeltaLease, *,
                  on_renewal_failure: FailureCallback | None, clock: Clock,
                  watchdog_fire_timeout: int,
-                 on_host_signal: Callable[[int], None] | None = None) -> None:
+                 on_host_signal: Callable[[int], None] | None = None,
+                 on_request: Callable[[Lease, int], None] | None = None) -> None:
         self.storage = storage
         self.lease = lease
         self.name = lease.space_name
@@ -166,6 +173,7 @@ class Lockspace:
         self.clock = clock
         self.on_renewal_failure = on_renewal_failure
         self.on_host_signal = on_host_signal
+        self.on_request = on_request
         self.history: collections.deque[Renewal] = collections.deque(maxlen=HISTORY_LEN)
         self.host_table = HostTable(self.geometry.max_hosts, lease.io_timeout, lease.host_id,
                                     watchdog_fire_timeout)
@@ -191,6 +199,7 @@ class Lockspace:
     def join(cls, name: str, host_id: int, path: str, offset: int = 0, io_timeout: int = DEFAULT_IO_TIMEOUT,
              host_name: str | None = None, *, on_renewal_failure: FailureCallback | None = None,
              on_host_signal: Callable[[int], None] | None = None,
+             on_request: Callable[[Lease, int], None] | None = None,
              clock: Clock = REAL_CLOCK,
              watchdog_fire_timeout: int = WATCHDOG_FIRE_TIMEOUT, syscalls: Syscalls = DEFAULT_SYSCALLS,
              abort: threading.Event | None = None) -> Lockspace:
@@ -207,12 +216,13 @@ class Lockspace:
                                                 path=path, offset=offset)
             lease = delta_lease.acquire(storage, geometry, offset, name, host_id,
                                         host_name or default_host_name(), io_timeout, clock=clock,
-                                        abort=abort)
+                                        abort=abort, watchdog_fire_timeout=watchdog_fire_timeout)
         except BaseException:
             storage.close()
             raise
         ls = cls(storage, lease, on_renewal_failure=on_renewal_failure, clock=clock,
-                 watchdog_fire_timeout=watchdog_fire_timeout, on_host_signal=on_host_signal)
+                 watchdog_fire_timeout=watchdog_fire_timeout, on_host_signal=on_host_signal,
+                 on_request=on_request)
         ls._set_state(State.JOINED)
         ls._renewal_thread.start()
         ls._monitor_thread.start()
@@ -320,6 +330,20 @@ class Lockspace:
             self._leases[key] = lease
         log.info("%s:%d acquired %s", self.name, self.host_id, lease.state_string())
         return lease
+
+    def read_owners(self, path: str, offset: int = 0) -> list[dict[str, int | bool]]:
+        """Who holds a resource lease, by its area alone (leader owner and shared holders)."""
+        with DirectStorage(path, io_timeout=self.timeouts.io_timeout, readonly=True) as storage:
+            geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
+            return paxos_lease.read_owners(storage, geometry, offset, self.timeouts.io_timeout)
+
+    def request(self, resource: str, path: str, offset: int = 0, lver: int | None = None,
+                force_mode: int = 1) -> int:
+        """Ask a lease's holder to give it up (1: force, 2: graceful); returns its host_id (0: free)."""
+        with DirectStorage(path, io_timeout=self.timeouts.io_timeout) as storage:
+            geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
+            return paxos_lease.request(storage, geometry, offset, self, resource, lver=lver,
+                                       force_mode=force_mode, signal=self.signal_host)
 
     def leases(self) -> list[Lease]:
         with self._lock:
@@ -463,6 +487,18 @@ class Lockspace:
                 self.on_host_signal(host)
             except Exception:
                 log.exception("on_host_signal callback raised")
+        for lease in self.leases():  # a signal may carry a request for a lease we hold (6.5)
+            try:
+                mode = paxos_lease.pending_request(lease.storage, lease.held, self.timeouts.io_timeout)
+            except errors.DiskpaxosError as e:
+                log.warning("%s: cannot read its request record: %s", lease.state_string(), e)
+                continue
+            if mode and self.on_request is not None:
+                log.warning("%s: host_id %d requests it (mode %d)", lease.state_string(), host, mode)
+                try:
+                    self.on_request(lease, mode)
+                except Exception:
+                    log.exception("on_request callback raised")
 
     def _expiry_loop(self) -> None:
         t = self.timeouts

@@ -22,6 +22,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -30,8 +31,9 @@ from . import errors
 from .clock import REAL_CLOCK, Clock
 from .delta_lease import disk_time
 from .format import (DBLOCK_FL_RELEASED, DBLOCK_SIZE, LEADER_SIZE, LFL_SHORT_HOLD, MBLOCK_OFFSET,
-                     MBLOCK_SHARED, MODE_BLOCK_SIZE, Dblock, Geometry, LeaderRecord, ModeBlock, PaxosView,
-                     check_delta_leader, check_paxos_leader)
+                     MBLOCK_SHARED, MODE_BLOCK_SIZE, REQ_DISK_MAGIC, REQ_DISK_VERSION, REQUEST_SIZE,
+                     VERSION_MAJOR_MASK, Dblock, Geometry, LeaderRecord, ModeBlock, PaxosView, RequestRecord,
+                     check_paxos_leader)
 from .io_direct import DirectStorage
 from .timeouts import SH_RETRIES, Timeouts
 
@@ -502,3 +504,101 @@ def release(storage: DirectStorage, lease: PaxosLease, timeout: float, clock: Cl
     lease.dblock = released
     if not lease.shared:
         release_leader(storage, lease, timeout, clock)
+
+
+# --- converting, owners, requests ------------------------------------------------------------
+
+
+def convert(storage: DirectStorage, lease: PaxosLease, ls: Liveness, *, shared: bool, clock: Clock = REAL_CLOCK,
+            abort: threading.Event | None = None) -> None:
+    """Switch a held lease between shared and exclusive without letting go (6.4).
+
+    Shared to exclusive runs a ballot whose dblock writes keep our SHARED mode
+    block, so if other live shared holders refuse us (-11) we are still shared.
+    """
+    timeout = ls.timeouts.io_timeout
+    if shared == lease.shared:
+        return
+    if shared:  # exclusive -> shared: mark our sector shared, then free the leader
+        _become_shared(storage, lease, timeout, clock)
+        lease.shared = True
+        return
+    keep = ModeBlock(flags=MBLOCK_SHARED, generation=lease.generation)
+    new = acquire(storage, lease.geometry, lease.offset, ls, lease.resource, keep_mode=keep, clock=clock, abort=abort)
+    lease.leader, lease.dblock, lease.shared = new.leader, new.dblock, False
+
+
+def read_owners(storage: DirectStorage, geometry: Geometry, offset: int, timeout: float) -> list[dict[str, int | bool]]:
+    """Who holds the lease by its area alone: the leader's owner and every shared holder."""
+    view = PaxosView.parse(storage.read(offset, geometry.align_size, timeout=timeout).copy(), geometry)
+    owners: list[dict[str, int | bool]] = []
+    if view.leader.timestamp != 0:
+        owners.append({"host_id": view.leader.owner_id, "generation": view.leader.owner_generation,
+                       "timestamp": view.leader.timestamp, "lver": view.leader.lver, "shared": False})
+    for host, gen in view.shared_holders():
+        owners.append({"host_id": host, "generation": gen, "timestamp": 0, "lver": view.leader.lver,
+                       "shared": True})
+    return owners
+
+
+class RequestError(errors.DiskpaxosError):
+    template = "{reason}"
+
+
+class RequestOld(RequestError):
+    code = -272  # SANLK_REQUEST_OLD
+
+
+class RequestLver(RequestError):
+    code = -273  # SANLK_REQUEST_LVER
+
+
+def request(storage: DirectStorage, geometry: Geometry, offset: int, ls: Liveness, resource: str, *,
+            lver: int | None, force_mode: int, signal: Callable[[int], None]) -> int:
+    """Ask the holder of a lease to give it up (6.5); returns the owner's host_id (0: free).
+
+    ``lver`` None means "the next version" (python3-sanlock's version=None);
+    lver 0 with mode 0 clears the request record.  The owner learns of the
+    request through a bit we set in our own delta lease (``signal``).
+    """
+    timeout = ls.timeouts.io_timeout
+    where = {"path": storage.path, "offset": geometry.request_offset(offset)}
+
+    def write(req: RequestRecord) -> None:
+        buf = bytearray(geometry.sector_size)
+        buf[:REQUEST_SIZE] = req.to_bytes()
+        storage.write(geometry.request_offset(offset), bytes(buf), timeout=timeout)
+
+    if lver == 0 and force_mode == 0:
+        write(RequestRecord())
+        return 0
+    leader = read_leader(storage, geometry, offset, timeout)
+    check_paxos_leader(leader, path=storage.path, offset=offset, space_name=ls.name, resource_name=resource)
+    if leader.timestamp == 0:
+        return 0
+    want = leader.lver + 1 if lver is None else lver
+    if leader.lver >= want:
+        raise RequestOld(reason=f"lease {resource!r} is already at lver {leader.lver}; request lver {want} is old",
+                         **where)
+    raw = storage.read(geometry.request_offset(offset), geometry.sector_size, timeout=timeout)
+    cur = RequestRecord.from_bytes(raw[:REQUEST_SIZE])
+    if cur.magic != REQ_DISK_MAGIC:
+        raise errors.RequestMagicError(found=cur.magic, expected=REQ_DISK_MAGIC, **where)
+    if cur.version & VERSION_MAJOR_MASK != REQ_DISK_VERSION & VERSION_MAJOR_MASK:
+        raise errors.RequestVersionError(found=cur.version, **where)
+    if cur.lver > want:
+        raise RequestLver(reason=f"a request for lver {cur.lver} is already pending (we asked for {want})", **where)
+    write(RequestRecord(lver=want, force_mode=force_mode))
+    signal(leader.owner_id)
+    return leader.owner_id
+
+
+def pending_request(storage: DirectStorage, lease: PaxosLease, timeout: float) -> int:
+    """The force mode another host asks of us for this held lease (0: none) (6.5 owner side)."""
+    raw = storage.read(lease.geometry.request_offset(lease.offset), lease.geometry.sector_size, timeout=timeout)
+    req = RequestRecord.from_bytes(raw[:REQUEST_SIZE])
+    if req.magic != REQ_DISK_MAGIC or req.version & VERSION_MAJOR_MASK != REQ_DISK_VERSION & VERSION_MAJOR_MASK:
+        return 0
+    if req.force_mode and req.lver and req.lver > lease.lver:
+        return req.force_mode
+    return 0

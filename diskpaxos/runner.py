@@ -57,6 +57,18 @@ class Runner:
         except subprocess.TimeoutExpired:
             child.kill()
 
+    def _requested(self, lease: Lease, mode: int) -> None:
+        """Another host asks for a lease we hold: the command must let go (6.5).
+
+        Force: SIGKILL; graceful: SIGTERM.  Its exit releases every lease.
+        """
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        log.warning("%s requested by another host (mode %d): stopping %s", lease.state_string(), mode,
+                    self.command[0])
+        child.send_signal(signal.SIGKILL if mode == 1 else signal.SIGTERM)
+
     def acquire_all(self, ls: Lockspace) -> list[Lease]:
         held: list[Lease] = []
         try:
@@ -74,7 +86,7 @@ class Runner:
     def run(self) -> int:
         a = self.lockspace_arg
         ls = Lockspace.join(a.name, a.host_id, a.path, a.offset, self.io_timeout, self.host_name,
-                            on_renewal_failure=self._fence, abort=self._stop)
+                            on_renewal_failure=self._fence, on_request=self._requested, abort=self._stop)
         try:
             held = self.acquire_all(ls)
             for lease in held:
