@@ -17,6 +17,7 @@ is injectable, so every rule is tested without waiting.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import errno
 import logging
@@ -33,6 +34,7 @@ from .direct import probe_geometry
 from .format import LEADER_SIZE, Geometry, HostState, LeaderRecord, check_delta_leader, check_name
 from .host_table import HostInfo, HostTable
 from .io_direct import DEFAULT_SYSCALLS, DirectStorage, Syscalls
+from .storage_pool import StoragePool
 from .timeouts import DEFAULT_IO_TIMEOUT, RENEWAL_RETRY_INTERVAL, WATCHDOG_FIRE_TIMEOUT, Timeouts
 
 log = logging.getLogger(__name__)
@@ -92,13 +94,17 @@ FailureCallback = Callable[["Lockspace", str], None]
 class Lease:
     """A resource lease held through a joined lockspace (context manager)."""
 
-    def __init__(self, lockspace: Lockspace, storage: DirectStorage, held: paxos_lease.PaxosLease,
-                 key: tuple[str, int]) -> None:
+    def __init__(self, lockspace: Lockspace, held: paxos_lease.PaxosLease, key: tuple[str, int],
+                 syscalls: Syscalls) -> None:
         self.lockspace = lockspace
-        self.storage = storage
         self.held = held
         self.key = key
+        self.syscalls = syscalls
         self.released = False
+
+    def storage(self) -> contextlib.AbstractContextManager[DirectStorage]:
+        """The lease's storage, borrowed from the lockspace's pool for one operation."""
+        return self.lockspace.pool.borrow(self.held.path, self.syscalls)
 
     @property
     def resource(self) -> str:
@@ -124,7 +130,8 @@ class Lease:
         """Switch between shared and exclusive without letting go (-11 if live sharers remain)."""
         if not self.valid:
             raise paxos_lease.LockspaceNotJoined(lockspace=self.lockspace.name)
-        paxos_lease.convert(self.storage, self.held, self.lockspace, shared=shared, clock=self.lockspace.clock)
+        with self.storage() as storage:
+            paxos_lease.convert(storage, self.held, self.lockspace, shared=shared, clock=self.lockspace.clock)
 
     def release(self) -> None:
         """Give the lease back; nothing is written once the lockspace failed."""
@@ -132,17 +139,14 @@ class Lease:
             return
         try:
             if self.lockspace.may_write():
-                paxos_lease.release(self.storage, self.held, self.lockspace.timeouts.io_timeout,
-                                    self.lockspace.clock)
+                with self.storage() as storage:
+                    paxos_lease.release(storage, self.held, self.lockspace.timeouts.io_timeout,
+                                        self.lockspace.clock)
             else:
                 log.warning("%s: not released on storage: the lockspace is no longer valid", self.state_string())
         finally:
             self.released = True
             self.lockspace._forget(self)
-            self.close()
-
-    def close(self) -> None:
-        self.storage.close()
 
     def __enter__(self) -> Lease:
         return self
@@ -186,6 +190,7 @@ class Lockspace:
         self._last_request_from: dict[int, float] = {}
         self._leases: dict[tuple[str, int], Lease] = {}
         self._acquiring: set[tuple[str, int]] = set()
+        self.pool = StoragePool(self.timeouts.io_timeout)
         self._reader: DirectStorage | None = None
         self._reader_lock = threading.Lock()
         self._renewal_thread = threading.Thread(target=self._renewal_loop, daemon=True,
@@ -314,17 +319,15 @@ class Lockspace:
                 raise errors.DiskpaxosError(f"resource {resource!r} at {path}:{offset} is already held or being "
                                             "acquired by this host", code=-errno.EEXIST)
             self._acquiring.add(key)
-        storage = DirectStorage(path, io_timeout=self.timeouts.io_timeout, syscalls=syscalls)
         try:
-            geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
-            held = paxos_lease.acquire(storage, geometry, offset, self, resource, shared=shared, lver=lver,
-                                       owner_nowait=owner_nowait, clock=self.clock, abort=self._stop)
+            with self.pool.borrow(path, syscalls) as storage:
+                held = paxos_lease.acquire(storage, self.geometry, offset, self, resource, shared=shared,
+                                           lver=lver, owner_nowait=owner_nowait, clock=self.clock, abort=self._stop)
         except BaseException:
-            storage.close()
             with self._lock:
                 self._acquiring.discard(key)
             raise
-        lease = Lease(self, storage, held, key)
+        lease = Lease(self, held, key, syscalls)
         with self._lock:
             self._acquiring.discard(key)
             self._leases[key] = lease
@@ -333,14 +336,14 @@ class Lockspace:
 
     def read_owners(self, path: str, offset: int = 0) -> list[dict[str, int | bool]]:
         """Who holds a resource lease, by its area alone (leader owner and shared holders)."""
-        with DirectStorage(path, io_timeout=self.timeouts.io_timeout, readonly=True) as storage:
+        with self.pool.borrow(path) as storage:
             geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
             return paxos_lease.read_owners(storage, geometry, offset, self.timeouts.io_timeout)
 
     def request(self, resource: str, path: str, offset: int = 0, lver: int | None = None,
                 force_mode: int = 1) -> int:
         """Ask a lease's holder to give it up (1: force, 2: graceful); returns its host_id (0: free)."""
-        with DirectStorage(path, io_timeout=self.timeouts.io_timeout) as storage:
+        with self.pool.borrow(path) as storage:
             geometry = paxos_lease.geometry_of_leader(storage, offset, self.geometry, self.timeouts.io_timeout)
             return paxos_lease.request(storage, geometry, offset, self, resource, lver=lver,
                                        force_mode=force_mode, signal=self.signal_host)
@@ -382,8 +385,7 @@ class Lockspace:
         except errors.DiskpaxosError as e:
             log.error("%s:%d release failed: %s", self.name, self.host_id, e)
         finally:
-            for held in self.leases():
-                held.close()
+            self.pool.close()
             self.storage.close()
             if self._reader is not None:
                 self._reader.close()
@@ -489,7 +491,8 @@ class Lockspace:
                 log.exception("on_host_signal callback raised")
         for lease in self.leases():  # a signal may carry a request for a lease we hold (6.5)
             try:
-                mode = paxos_lease.pending_request(lease.storage, lease.held, self.timeouts.io_timeout)
+                with lease.storage() as storage:
+                    mode = paxos_lease.pending_request(storage, lease.held, self.timeouts.io_timeout)
             except errors.DiskpaxosError as e:
                 log.warning("%s: cannot read its request record: %s", lease.state_string(), e)
                 continue

@@ -31,9 +31,9 @@ from . import errors
 from .clock import REAL_CLOCK, Clock
 from .delta_lease import disk_time
 from .format import (DBLOCK_FL_RELEASED, DBLOCK_SIZE, LEADER_SIZE, LFL_SHORT_HOLD, MBLOCK_OFFSET,
-                     MBLOCK_SHARED, MODE_BLOCK_SIZE, REQ_DISK_MAGIC, REQ_DISK_VERSION, REQUEST_SIZE,
-                     VERSION_MAJOR_MASK, Dblock, Geometry, LeaderRecord, ModeBlock, PaxosView, RequestRecord,
-                     check_paxos_leader)
+                     MBLOCK_SHARED, MODE_BLOCK_SIZE, PAXOS_DISK_MAGIC, REQ_DISK_MAGIC, REQ_DISK_VERSION,
+                     REQUEST_SIZE, VERSION_MAJOR_MASK, Dblock, Geometry, LeaderRecord, ModeBlock, PaxosView,
+                     RequestRecord, check_paxos_leader)
 from .io_direct import DirectStorage
 from .timeouts import SH_RETRIES, Timeouts
 
@@ -191,19 +191,38 @@ def read_leader(storage: DirectStorage, geometry: Geometry, offset: int, timeout
     return LeaderRecord.from_bytes(storage.read(offset, geometry.sector_size, timeout=timeout)[:LEADER_SIZE])
 
 
+class GeometryMismatch(Exception):
+    """The lease's leader declares another sector size or alignment: restart with it."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        super().__init__(f"lease geometry is {geometry}")
+        self.geometry = geometry
+
+
 def read_lease(storage: DirectStorage, geometry: Geometry, offset: int, *, lockspace: str, resource: str,
-               host_id: int, timeout: float) -> PaxosView:
-    """The initial read (6.1): the whole area, leader verified, every dblock verified."""
-    area = storage.read(offset, geometry.align_size, timeout=timeout)
-    view = PaxosView.parse(area.copy(), geometry)
-    check_paxos_leader(view.leader, path=storage.path, offset=offset, space_name=lockspace,
+               host_id: int, timeout: float) -> tuple[LeaderRecord, int]:
+    """The initial read (6.1): leader and every dblock verified; returns (leader, max mbal).
+
+    A leader that declares another geometry than ``geometry`` raises
+    GeometryMismatch before anything is judged with the wrong one (6.2 step 1).
+    """
+    view = PaxosView.parse(storage.read(offset, geometry.align_size, timeout=timeout), geometry)
+    leader = view.leader
+    if leader.magic == PAXOS_DISK_MAGIC and leader.sector_size in (512, 4096):
+        try:
+            declared = Geometry.from_leader_flags(leader.flags, leader.sector_size)
+        except errors.FormatError:
+            declared = geometry
+        if declared != geometry:
+            raise GeometryMismatch(declared)
+    check_paxos_leader(leader, path=storage.path, offset=offset, space_name=lockspace,
                        resource_name=resource, host_id=host_id)
     bad = view.bad_dblocks()
     if bad:
         d = view.dblock(bad[0])
         raise errors.DblockChecksumError(host_id=bad[0], found=d.checksum, expected=d.compute_checksum(),
                                          path=storage.path, offset=geometry.dblock_offset(offset, bad[0]))
-    return view
+    return leader, view.max_mbal
 
 
 def geometry_of_leader(storage: DirectStorage, offset: int, fallback: Geometry, timeout: float) -> Geometry:
@@ -253,7 +272,7 @@ def run_ballot(storage: DirectStorage, geometry: Geometry, offset: int, *, host_
     # phase 1: claim our_mbal
     mine = Dblock(mbal=our_mbal, lver=next_lver)
     write_dblock(storage, geometry, offset, host_id, mine, keep_mode, timeout)
-    view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout).copy(), geometry, num_hosts)
+    view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout), geometry, num_hosts)
     shared = [(h, g) for h, g in view.shared_holders() if h != host_id]
     best = _check_phase(view.dblocks, view.checksum_ok, num_hosts, next_lver, our_mbal)
     if best is not None:
@@ -264,7 +283,7 @@ def run_ballot(storage: DirectStorage, geometry: Geometry, offset: int, *, host_
     # phase 2: propose
     mine = Dblock(mbal=our_mbal, bal=our_mbal, inp=inp, inp2=inp2, inp3=inp3, lver=next_lver).with_checksum()
     write_dblock(storage, geometry, offset, host_id, mine, keep_mode, timeout)
-    view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout).copy(), geometry, num_hosts)
+    view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout), geometry, num_hosts)
     _check_phase(view.dblocks, view.checksum_ok, num_hosts, next_lver, our_mbal)
     return BallotResult(mine, shared)
 
@@ -341,9 +360,13 @@ def acquire(storage: DirectStorage, geometry: Geometry, offset: int, ls: Livenes
     last_ballot: Dblock | None = None
     try:
         while True:  # restart from the initial read
-            view = read_lease(storage, geometry, offset, lockspace=ls.name, resource=resource, host_id=h,
-                              timeout=timeout)
-            cur = view.leader
+            try:
+                cur, max_mbal = read_lease(storage, geometry, offset, lockspace=ls.name, resource=resource,
+                                           host_id=h, timeout=timeout)
+            except GeometryMismatch as e:
+                log.info("%s: the lease's leader says %s; reading it again with that", resource, e.geometry)
+                geometry = e.geometry
+                continue
             if lver is not None and cur.lver != lver:
                 raise AcquireLver(resource=resource, found=cur.lver, expected=lver, path=storage.path,
                                   offset=offset)
@@ -361,7 +384,7 @@ def acquire(storage: DirectStorage, geometry: Geometry, offset: int, ls: Livenes
                 if not _owner_check(storage, geometry, offset, cur, ls, resource, clock, abort, owner_nowait,
                                     timeout):
                     continue
-            decided = _ballot_until_decided(storage, geometry, offset, ls, resource, cur, view.max_mbal,
+            decided = _ballot_until_decided(storage, geometry, offset, ls, resource, cur, max_mbal,
                                             keep_mode, clock, abort, rng, timeout)
             if decided is None:
                 continue  # the leader moved on while we balloted: start over
