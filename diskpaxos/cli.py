@@ -40,8 +40,14 @@ def fail(error: errors.DiskpaxosError) -> NoReturn:
     sys.exit(EXIT_USAGE if isinstance(error, errors.UsageError) else EXIT_ERROR)
 
 
+# click >= 8.2 shows the help through a UsageError when a group gets no arguments
+_NoArgsIsHelp: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+
+
 def _usage_fail(e: click.UsageError) -> NoReturn:
     """click's usage error as one line (click prints usage, a hint and the message)."""
+    if isinstance(e, _NoArgsIsHelp):
+        raise e
     prog = e.ctx.find_root().info_name if e.ctx is not None else "diskpaxos"
     click.echo(f"{prog}: {e.format_message()}", err=True)
     sys.exit(EXIT_USAGE)
@@ -455,6 +461,7 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
     """
     ss, al = _sector_size(sector_size), _align_size(align)
     _check_combination(ss, al)
+    _usage(lambda: check_name("lockspace name", name))  # arguments first, before looking at PATH
     off = _usage(lambda: parse_size(offset, "offset"))
     if size is not None:
         nbytes = _usage(lambda: parse_size(size, "size"))
@@ -465,7 +472,6 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
         needed = off + (al or Geometry.default_for(file_ss).align_size)
         if nbytes < needed:
             raise click.UsageError(f"--size {size} is too small: the lockspace needs {needed} bytes")
-        _usage(lambda: check_name("lockspace name", name))
         try:
             with open(path, "xb") as f:
                 f.truncate(nbytes)

@@ -69,6 +69,13 @@ def _read_existing(storage: DirectStorage, offset: int, length: int) -> bytes:
     return storage.read(offset, available, timeout=INIT_IO_TIMEOUT).tobytes()
 
 
+def _leader_geometry(leader: LeaderRecord) -> Geometry | None:
+    try:
+        return Geometry.from_leader_flags(leader.flags, leader.sector_size)
+    except errors.FormatError:
+        return None
+
+
 def _lockspace_reusable(existing: bytes, geometry: Geometry, name: str) -> str | None:
     """Why an existing lockspace may not be reformatted without --force (None: it may).
 
@@ -76,9 +83,19 @@ def _lockspace_reusable(existing: bytes, geometry: Geometry, name: str) -> str |
     host is not holding its host_id (timestamp 0): reformatting then loses
     nothing.  An interrupted init (sector 0 with magic 0) counts as ours.
     """
+    leader = LeaderRecord.from_bytes(existing)
+    if leader.magic != DELTA_DISK_MAGIC:
+        foreign = signatures.foreign(existing)  # e.g. ext4 leaves its first 1024 bytes zero
+        if foreign is not None:
+            return foreign
     if signatures.first_nonzero(existing[:geometry.sector_size]) is not None \
-            and LeaderRecord.from_bytes(existing).magic not in (0, DELTA_DISK_MAGIC):
+            and leader.magic not in (0, DELTA_DISK_MAGIC):
         return signatures.describe(existing)
+    if leader.magic == DELTA_DISK_MAGIC and _leader_geometry(leader) != geometry:
+        # parsed with the new geometry, the old records (and their hosts) would be misread
+        return (f"a lockspace {leader.space_name!r} with sector_size {leader.sector_size} and flags "
+                f"0x{leader.flags:x} (formatting sector_size {geometry.sector_size}, "
+                f"align {geometry.align_size >> 20}M)")
     view = LockspaceView.parse(np.frombuffer(existing, np.uint8), geometry)
     recs = view.records
     nonempty = ~view.empty
@@ -221,11 +238,13 @@ def probe_geometry(storage: DirectStorage, offset: int) -> tuple[str, Geometry, 
         found = signatures.describe(storage.read(offset, PROBE_SIZE).tobytes())
         raise errors.LeaderMagicError(path=storage.path, offset=offset, field="magic", found=rec.magic,
                                       expected=f"a lockspace or resource lease (found {found or 'zeros'})")
-    geometry = Geometry.from_leader_flags(rec.flags, rec.sector_size) if rec.sector_size in (512, 4096) \
-        else None
-    if geometry is None:
+    if rec.sector_size not in (512, 4096):
         raise errors.LeaderSectorSizeError(path=storage.path, offset=offset, field="sector_size",
                                            found=rec.sector_size, reason="is not 512 or 4096")
+    try:
+        geometry = Geometry.from_leader_flags(rec.flags, rec.sector_size)
+    except errors.GeometryError as e:
+        raise errors.GeometryError(path=storage.path, offset=offset, reason=str(e)) from None
     if geometry.sector_size < storage.sector_size:
         raise errors.LeaderSectorSizeError(
             path=storage.path, offset=offset, field="sector_size", found=rec.sector_size,
@@ -240,32 +259,53 @@ def read_leader(path: str, offset: int, *, host_id: int = 0, kind: str | None = 
 
     For a lockspace, ``host_id`` picks the delta-lease record (0 or 1: the
     first).  Verification failures are returned, not raised, so callers can
-    show the record anyway (as sanlock's ``read_leader`` does); I/O, geometry
-    and magic failures of the probe raise.
+    show the record anyway (as sanlock's ``read_leader`` does), also when the
+    probe of the leader at ``offset`` fails a format check and that leader is
+    the record asked for (``kind`` given, not another host_id's); I/O errors,
+    and probe failures for another host_id's record, raise.
     """
+    def verify(rec: LeaderRecord, kind: str, at: int) -> errors.FormatError | None:
+        try:
+            if kind == "lockspace":
+                check_delta_leader(rec, path=storage.path, offset=at, space_name=space_name)
+            else:
+                check_paxos_leader(rec, path=storage.path, offset=at, space_name=space_name,
+                                   resource_name=resource_name)
+        except errors.FormatError as e:
+            return e
+        return None
+
+    # The leader at the offset is the record asked for unless it is another host_id's.
+    at_offset = kind == "resource" or (kind == "lockspace" and host_id <= 1)
     with DirectStorage(path, io_timeout=DEFAULT_IO_TIMEOUT, readonly=True) as storage:
-        found_kind, geometry, first = probe_geometry(storage, offset)
+        try:
+            found_kind, geometry, first = probe_geometry(storage, offset)
+        except errors.FormatError as e:
+            # Like sanlock's read_leader, still show that record with the first check it fails.
+            if not at_offset:
+                raise
+            assert kind is not None
+            rec = LeaderRecord.from_bytes(storage.read(offset, PROBE_SIZE)[:LEADER_SIZE])
+            return LeaderRead(os.fspath(path), offset, kind, Geometry.default_for(storage.sector_size), rec,
+                              verify(rec, kind, offset) or e)
         if sector_size is not None and sector_size != geometry.sector_size:
             raise errors.LeaderSectorSizeError(
                 path=storage.path, offset=offset, field="sector_size", found=geometry.sector_size,
                 reason=f"in the leader disagrees with the requested sector size {sector_size}")
         if kind is not None and kind != found_kind:
+            if at_offset:
+                return LeaderRead(os.fspath(path), offset, kind, geometry, first, verify(first, kind, offset))
             raise errors.LeaderMagicError(path=storage.path, offset=offset, field="magic", found=first.magic,
                                           expected=f"a {kind} (found a {found_kind})")
         record_offset = offset
         if found_kind == "lockspace" and host_id > 1:
+            if not 1 <= host_id <= geometry.max_hosts:
+                raise errors.InvalidHostIdError(path=storage.path, offset=offset, host_id=host_id,
+                                                max_hosts=geometry.max_hosts)
             record_offset = geometry.delta_offset(offset, host_id)
         rec = first
         if record_offset != offset:
             raw = storage.read(record_offset - record_offset % storage.sector_size, storage.sector_size)
             rec = LeaderRecord.from_bytes(raw[:LEADER_SIZE])
-        error: errors.FormatError | None = None
-        try:
-            if found_kind == "lockspace":
-                check_delta_leader(rec, path=storage.path, offset=record_offset, space_name=space_name)
-            else:
-                check_paxos_leader(rec, path=storage.path, offset=record_offset, space_name=space_name,
-                                   resource_name=resource_name)
-        except errors.FormatError as e:
-            error = e
-        return LeaderRead(os.fspath(path), record_offset, found_kind, geometry, rec, error)
+        return LeaderRead(os.fspath(path), record_offset, found_kind, geometry, rec,
+                          verify(rec, found_kind, record_offset))

@@ -17,7 +17,9 @@ and its rules (observed on sanlock 3.8.5, written up in our own words):
 
 Deliberate differences, for safety: errors and warnings go to stderr as one
 line; the dblock loop never runs past the area read; a leader's sector size
-must be 512 or 4096 to be taken as the geometry.
+must be 512 or 4096 to be taken as the geometry; ``-Z``/``-A`` that disagree
+with the leader at the start offset are refused (sanlock would misread the
+area, or crash reading past its buffer).
 """
 
 from __future__ import annotations
@@ -179,6 +181,29 @@ def probe_geometry(storage: DirectStorage, offset: int, size: int) -> Geometry:
                                       "alignment from; set them with -Z and -A")
 
 
+def check_explicit_geometry(storage: DirectStorage, offset: int, geometry: Geometry) -> None:
+    """Refuse a geometry given by the user that the leader at ``offset`` contradicts."""
+    buf = _read(storage, offset, PROBE_SIZE)
+    if buf is None:
+        return
+    rec = LeaderRecord.from_bytes(buf[:LEADER_SIZE])
+    if rec.magic not in (DELTA_DISK_MAGIC, PAXOS_DISK_MAGIC):
+        return
+    if rec.sector_size != geometry.sector_size:
+        raise errors.LeaderSectorSizeError(
+            path=storage.path, offset=offset, field="sector_size", found=rec.sector_size,
+            reason=f"in the leader disagrees with -Z {geometry.sector_size}")
+    try:
+        theirs = Geometry.from_leader_flags(rec.flags, rec.sector_size)
+    except errors.FormatError:
+        return
+    if theirs != geometry:
+        raise errors.GeometryError(
+            path=storage.path, offset=offset,
+            reason=f"leader flags 0x{rec.flags:x} give align {theirs.align_size // MiB}M, "
+                   f"which disagrees with -A {geometry.align_size // MiB}M")
+
+
 def walk(path: str, offset: int = 0, size: int = 0, flags: int = 0,
          geometry: Geometry | None = None) -> tuple[Geometry, Iterator[Area]]:
     """Learn the geometry, then yield each recognised area from ``offset`` on."""
@@ -189,6 +214,8 @@ def walk(path: str, offset: int = 0, size: int = 0, flags: int = 0,
                                         sector_size=storage.sector_size)
         if offset % MiB:
             log.warning("%s: dump offset %d is not a multiple of 1M", path, offset)
+        if geometry is not None:
+            check_explicit_geometry(storage, offset, geometry)
         geo = geometry or probe_geometry(storage, offset, size)
         if geo.sector_size < storage.sector_size:
             raise errors.LeaderSectorSizeError(

@@ -57,9 +57,14 @@ def describe(data: bytes) -> str | None:
     if magic == RINDEX_DISK_MAGIC:
         hdr = RindexHeader.from_bytes(data)
         return f"a sanlock/diskpaxos resource index of lockspace {hdr.lockspace_name!r}"
+    return foreign(data) or f"non-zero data (first non-zero byte at +{at})"
+
+
+def foreign(data: bytes) -> str | None:
+    """A filesystem, partition table or image recognised by its signature, in words."""
     for offset, sig, text in _SIGNATURES:
         if data[offset: offset + len(sig)] == sig:
             return text
     if len(data) >= 512 and data[510:512] == b"\x55\xaa":
         return "a DOS/MBR partition table or boot sector"
-    return f"non-zero data (first non-zero byte at +{at})"
+    return None
