@@ -23,7 +23,7 @@ from . import direct, errors
 from .lockspace import Lockspace
 from .observer import observe_hosts
 from .runner import Runner
-from .format import MiB, Geometry, LeaderRecord, check_name
+from .format import MiB, Geometry, LeaderRecord, c_name, check_name
 from .io_direct import FILE_SECTOR_SIZE
 from .dump import header as dump_header
 from .dump import walk as dump_walk
@@ -172,8 +172,8 @@ def direct_init(lockspace: str | None, resource: str | None, sector_size: str | 
 
 
 def _c_string(name: str) -> str:
-    """A name as sanlock prints it (``%.48s``): up to the first NUL."""
-    return name.split("\0", 1)[0]
+    """A name as sanlock prints it (``%.48s``): up to the first NUL, raw bytes kept."""
+    return c_name(name).decode("utf8", "surrogateescape")
 
 
 def leader_text(rec: LeaderRecord, kind: str, code: int) -> str:
@@ -221,7 +221,10 @@ def direct_read_leader(lockspace: str | None, resource: str | None, as_json: boo
                "geometry": _geometry_json(result.geometry), "leader": asdict(result.record)}
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(leader_text(result.record, result.kind, code))
+        # names are raw bytes from storage: write them back byte for byte, as sanlock does
+        sys.stdout.buffer.write(leader_text(result.record, result.kind, code).encode("utf8", "surrogateescape")
+                                + b"\n")
+        sys.stdout.flush()
     if result.error is not None:
         fail(result.error)
 

@@ -25,7 +25,7 @@ from .clock import REAL_CLOCK, Clock
 from .format import (HOSTID_BITMAP_OFFSET, HOSTID_BITMAP_SIZE, LEADER_SIZE, NAME_LEN, Geometry,
                      LeaderRecord, LockspaceView, check_delta_leader, name_bytes)
 from .io_direct import DirectStorage
-from .timeouts import Timeouts
+from .timeouts import WATCHDOG_FIRE_TIMEOUT, Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class DeltaLease:
     record: LeaderRecord
     last_success: float  # the last timestamp we wrote (whole seconds of our monotonic clock)
     bitmap_set_times: dict[int, float] = field(default_factory=dict)
+    watchdog_fire_timeout: int = WATCHDOG_FIRE_TIMEOUT  # cluster-wide: host_dead, renewal write deadline
 
     @property
     def generation(self) -> int:
@@ -88,7 +89,7 @@ class DeltaLease:
 
     @property
     def timeouts(self) -> Timeouts:
-        return Timeouts(self.io_timeout)
+        return Timeouts(self.io_timeout, self.watchdog_fire_timeout)
 
 
 def host_name_field(host_name: str) -> str:
@@ -117,13 +118,14 @@ def _read_record(storage: DirectStorage, offset: int, geometry: Geometry, space_
 def acquire(storage: DirectStorage, geometry: Geometry, ls_offset: int, space_name: str, host_id: int,
             host_name: str, io_timeout: int, *, clock: Clock = REAL_CLOCK,
             abort: threading.Event | None = None,
-            progress: Callable[[str], None] | None = None) -> DeltaLease:
+            progress: Callable[[str], None] | None = None,
+            watchdog_fire_timeout: int = WATCHDOG_FIRE_TIMEOUT) -> DeltaLease:
     """Take host_id (spec 5.1).  Blocks for 2 x io (free) up to host_dead (held)."""
     abort = abort or threading.Event()
     say = progress or (lambda msg: log.info("%s:%d %s", space_name, host_id, msg))
     offset = geometry.delta_offset(ls_offset, host_id)
     name = host_name_field(host_name)
-    ours = Timeouts(io_timeout)
+    ours = Timeouts(io_timeout, watchdog_fire_timeout)
     cur, cur_raw = _read_record(storage, offset, geometry, space_name, ours.io_timeout)
     other = Timeouts(cur.io_timeout or io_timeout, ours.watchdog_fire_timeout)
 
@@ -160,7 +162,8 @@ def acquire(storage: DirectStorage, geometry: Geometry, ls_offset: int, space_na
                          path=storage.path, offset=offset)
     say(f"acquired host_id {host_id} generation {new.owner_generation}")
     # validity counts from the whole second written, never from later: as sanlock
-    return DeltaLease(space_name, host_id, name, io_timeout, geometry, ls_offset, new, float(stamp))
+    return DeltaLease(space_name, host_id, name, io_timeout, geometry, ls_offset, new, float(stamp),
+                      watchdog_fire_timeout=watchdog_fire_timeout)
 
 
 def _sleep(clock: Clock, abort: threading.Event, seconds: float) -> bool:

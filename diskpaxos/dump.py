@@ -35,7 +35,7 @@ from . import errors
 from .format import (DBLOCK_SIZE, DELTA_DISK_MAGIC, HOSTID_BITMAP_OFFSET, LEADER_SIZE, MBLOCK_SHARED,
                      PAXOS_DISK_MAGIC, REQUEST_SIZE, RINDEX_DISK_MAGIC, RINDEX_ENTRY_SIZE,
                      RINDEX_HEADER_SIZE, Dblock, Geometry, LeaderRecord, MiB, ModeBlock, RequestRecord,
-                     RindexEntry, RindexHeader, delta_sector_dtype, name_bytes)
+                     RindexEntry, RindexHeader, c_name, delta_sector_dtype)
 from .io_direct import DirectStorage
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def header(flags: int) -> bytes:
 
 
 def _rjust(name: str, width: int) -> bytes:
-    return name_bytes(name).rjust(width)
+    """A name as sanlock prints it (up to the first NUL, 48 bytes at most), right-justified."""
+    return c_name(name).rjust(width)
 
 
 def record_line(offset: int, rec: LeaderRecord) -> bytes:
@@ -134,7 +135,7 @@ def render_rindex(buf: np.ndarray, offset: int, geometry: Geometry, flags: int) 
         entry = RindexEntry.from_bytes(words[j])
         at = offset + geometry.sector_size + j * RINDEX_ENTRY_SIZE
         if flags:
-            area.lines.append(f"{at:08d} ".encode() + ls + b" rentry " + name_bytes(entry.name)
+            area.lines.append(f"{at:08d} ".encode() + ls + b" rentry " + c_name(entry.name)
                               + f" {entry.res_offset}".encode())
         area.data["entries"].append({"offset": at, "name": entry.name, "res_offset": entry.res_offset})
     return area

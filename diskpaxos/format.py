@@ -525,13 +525,13 @@ def _fmt_size(n: int) -> str:
 # --- record validation (sanlock's checks and codes) ---------------------------
 
 
-def _c_name(name: str) -> bytes:
+def c_name(name: str) -> bytes:
     """A name as sanlock's strncmp(..., NAME_ID_SIZE) sees it: at most 48 bytes, up to the first NUL."""
     return name_bytes(name)[:NAME_LEN].split(b"\0", 1)[0]
 
 
 def _name_matches(found: str, expected: str) -> bool:
-    return _c_name(found) == _c_name(expected)
+    return c_name(found) == c_name(expected)
 
 
 def check_delta_leader(rec: LeaderRecord, *, path: str | None = None, offset: int | None = None,
