@@ -312,9 +312,12 @@ def _owner_check(storage: DirectStorage, geometry: Geometry, offset: int, cur: L
         recent = wait_start != 0 and last_check == wait_start
     else:
         last_ts, wait_start, io, recent = 0, clock.monotonic(), 0, False
-    host_dead = Timeouts(io or ls.timeouts.io_timeout, ls.timeouts.watchdog_fire_timeout).host_dead
     while True:
         delta = ls.read_delta(owner)
+        # the owner's own io_timeout judges it; the larger of what we saw and what its record
+        # says now, so a host we have not observed yet is never judged by our (shorter) one
+        owner_io = max(io, delta.io_timeout) or ls.timeouts.io_timeout
+        host_dead = Timeouts(owner_io, ls.timeouts.watchdog_fire_timeout).host_dead
         if delta.timestamp == 0:
             return True  # the owner's host id is free: it left cleanly
         if delta.owner_id != owner or delta.owner_generation > owner_gen:
@@ -405,11 +408,14 @@ def acquire(storage: DirectStorage, geometry: Geometry, offset: int, ls: Livenes
             elif shared_hosts:
                 _clear_or_refuse_shared(storage, lease, shared_hosts, ls, keep_mode, timeout, clock)
             return lease
-    except AcquireError:
+    except errors.DiskpaxosError:
         if shared:
             # a failed shared attempt leaves our sector released with no mode block (as sanlock)
             done = (last_ballot or Dblock()).replace(flags=DBLOCK_FL_RELEASED)
-            write_dblock(storage, geometry, offset, h, done, None, timeout)
+            try:
+                write_dblock(storage, geometry, offset, h, done, None, timeout)
+            except errors.DiskpaxosError as e:
+                log.warning("%s: could not mark our failed shared attempt released: %s", resource, e)
         raise
 
 
