@@ -18,7 +18,7 @@ from .timeouts import OBSERVE_INTERVAL, Timeouts
 
 
 def observe_hosts(name: str, path: str, offset: int, seconds: float | None, io_timeout: int) -> list[HostInfo]:
-    """The host table after observing for ``seconds`` (None: 2 x the largest io_timeout + 1)."""
+    """The host table after observing for ``seconds`` (None: 1.5 renewal intervals + 1 s)."""
     with DirectStorage(path, io_timeout=io_timeout, readonly=True) as storage:
         kind, geometry, first = probe_geometry(storage, offset)
         if kind != "lockspace":
@@ -37,7 +37,9 @@ def observe_hosts(name: str, path: str, offset: int, seconds: float | None, io_t
             if window is None:
                 held = view.records["io_timeout"][view.records["timestamp"] != 0]
                 slowest = int(held.max()) if len(held) else io_timeout
-                window = Timeouts(slowest or io_timeout).id_renewal + OBSERVE_INTERVAL
+                # a renewal interval and a half, plus a read: every live host renews in it,
+                # even sanlock's, which renews a little after each interval
+                window = Timeouts(slowest or io_timeout).id_renewal * 1.5 + OBSERVE_INTERVAL
             if now - start >= window:
                 return table.hosts(now)
             time.sleep(min(OBSERVE_INTERVAL, max(0.0, start + window - now)))
