@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench sanlock clean
+.PHONY: venv demo test bench bench-compare sanlock clean
 
 venv: $(STAMP)
 
@@ -31,9 +31,14 @@ demo: venv
 test: venv sanlock
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
-bench: venv
+bench: venv sanlock
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -p no:xdist
+
+# side by side with a live sanlock daemon (root: loop devices); results kept under benchmarks/results
+bench-compare: venv sanlock
+	$(PY) benchmarks/renewal_compare.py --json benchmarks/results/renewal.json
+	$(PY) benchmarks/acquire_compare.py --json benchmarks/results/acquire.json
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info
