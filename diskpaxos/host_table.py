@@ -85,10 +85,21 @@ class HostTable:
         self.timestamp = np.zeros(n, np.uint64)
         self.io_timeout = np.zeros(n, np.int64)
         self.names: list[str] = [""] * n
+        # the bytes last seen, valid or not: any change is a sign of life
+        self.raw_owner = np.zeros(n, np.uint64)
+        self.raw_generation = np.zeros(n, np.uint64)
+        self.raw_timestamp = np.zeros(n, np.uint64)
         self.last_change_mask = np.zeros(n, bool)
 
     def observe(self, view: LockspaceView, now: float) -> np.ndarray:
-        """Record one read of the area at local time ``now``; returns the changed mask."""
+        """Record one read of the area at local time ``now``; returns the changed mask.
+
+        Any change of a record's owner, generation or timestamp bytes counts as
+        a sign of life, even in a record that fails its checks (a torn write
+        by a live host is still a write): judging such a host dead would be the
+        unsafe mistake.  Only verified records update the values we act on
+        (generation, timestamp, io_timeout, name).
+        """
         n = min(len(view), self.max_hosts)
         recs = view.records[:n]
         valid = view.valid()[:n]
@@ -96,13 +107,15 @@ class HostTable:
         gen = recs["owner_generation"].astype(np.uint64)
         ts = recs["timestamp"].astype(np.uint64)
         first = ~self.checked[:n]
-        changed = valid & (first | (owner != self.owner_id[:n]) | (gen != self.generation[:n])
-                           | (ts != self.timestamp[:n]))
+        moved = first | (owner != self.raw_owner[:n]) | (gen != self.raw_generation[:n]) \
+            | (ts != self.raw_timestamp[:n])
+        self.raw_owner[:n], self.raw_generation[:n], self.raw_timestamp[:n] = owner, gen, ts
+        changed = valid & moved
         self.first_check[:n][first] = now
         self.checked[:n] = True
         self.last_check[:n] = now
-        self.seen_change[:n] |= changed & ~first
-        self.last_live[:n][changed] = now
+        self.seen_change[:n] |= moved & ~first
+        self.last_live[:n][moved] = now
         self.owner_id[:n][changed] = owner[changed]
         self.generation[:n][changed] = gen[changed]
         self.timestamp[:n][changed] = ts[changed]
