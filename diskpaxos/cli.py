@@ -20,14 +20,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import direct, errors
+from .dump import header as dump_header
+from .dump import walk as dump_walk
+from .format import Geometry, LeaderRecord, MiB, c_name, check_name
+from .io_direct import FILE_SECTOR_SIZE
+from .lease_strings import parse_lockspace, parse_resource, parse_size, split_unescaped
 from .lockspace import Lockspace
 from .observer import observe_hosts
 from .runner import Runner
-from .format import MiB, Geometry, LeaderRecord, c_name, check_name
-from .io_direct import FILE_SECTOR_SIZE
-from .dump import header as dump_header
-from .dump import walk as dump_walk
-from .lease_strings import parse_lockspace, parse_resource, parse_size, split_unescaped
 
 F = TypeVar("F", bound=Callable[..., Any])
 

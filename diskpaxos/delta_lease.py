@@ -22,8 +22,17 @@ import numpy as np
 
 from . import errors
 from .clock import REAL_CLOCK, Clock
-from .format import (HOSTID_BITMAP_OFFSET, HOSTID_BITMAP_SIZE, LEADER_SIZE, NAME_LEN, Geometry,
-                     LeaderRecord, LockspaceView, check_delta_leader, name_bytes)
+from .format import (
+    HOSTID_BITMAP_OFFSET,
+    HOSTID_BITMAP_SIZE,
+    LEADER_SIZE,
+    NAME_LEN,
+    Geometry,
+    LeaderRecord,
+    LockspaceView,
+    check_delta_leader,
+    name_bytes,
+)
 from .io_direct import DirectStorage
 from .timeouts import WATCHDOG_FIRE_TIMEOUT, Timeouts
 

@@ -17,10 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors, signatures
-from .format import (DELTA_DISK_MAGIC, LEADER_SIZE, MBLOCK_SHARED, PAXOS_DISK_CLEAR,
-                     PAXOS_DISK_MAGIC, Geometry, LeaderRecord, LockspaceView, PaxosView,
-                     build_lockspace_area, build_resource_area, check_delta_leader,
-                     check_name, check_paxos_leader)
+from .format import (
+    DELTA_DISK_MAGIC,
+    LEADER_SIZE,
+    PAXOS_DISK_CLEAR,
+    PAXOS_DISK_MAGIC,
+    Geometry,
+    LeaderRecord,
+    LockspaceView,
+    PaxosView,
+    build_lockspace_area,
+    build_resource_area,
+    check_delta_leader,
+    check_name,
+    check_paxos_leader,
+)
 from .io_direct import DirectStorage
 from .timeouts import DEFAULT_IO_TIMEOUT, INIT_IO_TIMEOUT
 

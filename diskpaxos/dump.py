@@ -32,10 +32,28 @@ from typing import Any
 import numpy as np
 
 from . import errors
-from .format import (DBLOCK_SIZE, DELTA_DISK_MAGIC, HOSTID_BITMAP_OFFSET, LEADER_SIZE, MBLOCK_SHARED,
-                     PAXOS_DISK_MAGIC, REQUEST_SIZE, RINDEX_DISK_MAGIC, RINDEX_ENTRY_SIZE,
-                     RINDEX_HEADER_SIZE, Dblock, Geometry, LeaderRecord, MiB, ModeBlock, RequestRecord,
-                     RindexEntry, RindexHeader, c_name, delta_sector_dtype)
+from .format import (
+    DBLOCK_SIZE,
+    DELTA_DISK_MAGIC,
+    HOSTID_BITMAP_OFFSET,
+    LEADER_SIZE,
+    MBLOCK_SHARED,
+    PAXOS_DISK_MAGIC,
+    REQUEST_SIZE,
+    RINDEX_DISK_MAGIC,
+    RINDEX_ENTRY_SIZE,
+    RINDEX_HEADER_SIZE,
+    Dblock,
+    Geometry,
+    LeaderRecord,
+    MiB,
+    ModeBlock,
+    RequestRecord,
+    RindexEntry,
+    RindexHeader,
+    c_name,
+    delta_sector_dtype,
+)
 from .io_direct import DirectStorage
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -30,10 +30,27 @@ import numpy as np
 from . import errors
 from .clock import REAL_CLOCK, Clock
 from .delta_lease import disk_time
-from .format import (DBLOCK_FL_RELEASED, DBLOCK_SIZE, LEADER_SIZE, LFL_SHORT_HOLD, MBLOCK_OFFSET,
-                     MBLOCK_SHARED, MODE_BLOCK_SIZE, PAXOS_DISK_MAGIC, REQ_DISK_MAGIC, REQ_DISK_VERSION,
-                     REQUEST_SIZE, VERSION_MAJOR_MASK, Dblock, Geometry, LeaderRecord, ModeBlock, PaxosView,
-                     RequestRecord, check_paxos_leader)
+from .format import (
+    DBLOCK_FL_RELEASED,
+    DBLOCK_SIZE,
+    LEADER_SIZE,
+    LFL_SHORT_HOLD,
+    MBLOCK_OFFSET,
+    MBLOCK_SHARED,
+    MODE_BLOCK_SIZE,
+    PAXOS_DISK_MAGIC,
+    REQ_DISK_MAGIC,
+    REQ_DISK_VERSION,
+    REQUEST_SIZE,
+    VERSION_MAJOR_MASK,
+    Dblock,
+    Geometry,
+    LeaderRecord,
+    ModeBlock,
+    PaxosView,
+    RequestRecord,
+    check_paxos_leader,
+)
 from .io_direct import DirectStorage
 from .timeouts import SH_RETRIES, Timeouts
 

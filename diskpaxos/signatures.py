@@ -8,8 +8,7 @@ Pure: it looks at bytes already read.
 
 from __future__ import annotations
 
-from .format import (DELTA_DISK_MAGIC, PAXOS_DISK_CLEAR, PAXOS_DISK_MAGIC, RINDEX_DISK_MAGIC,
-                     LeaderRecord, RindexHeader)
+from .format import DELTA_DISK_MAGIC, PAXOS_DISK_CLEAR, PAXOS_DISK_MAGIC, RINDEX_DISK_MAGIC, LeaderRecord, RindexHeader
 
 # (offset, magic bytes, description); offsets within the region
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 DISKPAXOS = os.path.join(os.path.dirname(sys.executable), "diskpaxos")
 MKLOCKSPACE = os.path.join(os.path.dirname(sys.executable), "mklockspace")
@@ -73,3 +75,32 @@ def read_area(path: str, offset: int, length: int) -> bytes:
         return bytes(buf)
     finally:
         os.close(fd)
+
+
+def sanlock_client(sanlock_bin: str, daemon: Any, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``sanlock client ...`` talking to this daemon (its SANLOCK_RUN_DIR)."""
+    return subprocess.run([sanlock_bin, "client", *args], env=daemon.env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def daemon_log(daemon: Any) -> str:
+    """The tail of a sanlock daemon's log, for failure messages."""
+    try:
+        return daemon.log_path.read_text(errors="replace")[-3000:]
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def parse_host_status(text: str) -> dict[int, dict[str, str]]:
+    """``sanlock client host_status -D`` output as {host_id: {timestamp, last_live, owner_name, ...}}."""
+    out: dict[int, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        m = re.match(r"^(\d+) timestamp (\d+)$", line)
+        if m:
+            current = out.setdefault(int(m[1]), {})
+            continue
+        m = re.match(r"^\s+(\w+)=(.*)$", line)
+        if m and current is not None:
+            current[m[1]] = m[2]
+    return out

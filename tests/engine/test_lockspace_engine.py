@@ -324,7 +324,7 @@ def test_watchdog_fire_timeout_lengthens_the_held_wait(cluster, helpers) -> None
 
 def test_host_table_fed_by_every_good_read_even_when_our_write_fails(cluster) -> None:
     """Spec 5.4: hosts are judged after every successful renewal *read*."""
-    a = cluster.join(1)
+    cluster.join(1)
     cluster.run_for(1)
     plan = FaultPlan()
     b = cluster.join(2, plan=plan)  # renews at odd seconds from 1005

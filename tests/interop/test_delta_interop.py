@@ -50,7 +50,8 @@ import pytest
 from diskpaxos import delta_lease
 from diskpaxos.format import HostState
 from diskpaxos.lockspace import Lockspace, State
-from oracle import DISKPAXOS, py_sanlock, sanlock
+from oracle import DISKPAXOS, daemon_log, parse_host_status, py_sanlock, sanlock
+from oracle import sanlock_client as client
 
 pytestmark = pytest.mark.interop
 
@@ -105,19 +106,6 @@ def spec(host_id: int, path: str) -> str:
     return f"{LS}:{host_id}:{path}:0"
 
 
-def client(sanlock_bin: str, daemon: Any, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``sanlock client ...`` talking to this daemon (its SANLOCK_RUN_DIR)."""
-    return subprocess.run([sanlock_bin, "client", *args], env=daemon.env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def daemon_log(daemon: Any) -> str:
-    try:
-        return daemon.log_path.read_text(errors="replace")[-3000:]
-    except OSError:
-        return ""
-
-
 def sanlock_join(sanlock_bin: str, daemon: Any, host_id: int, path: str) -> float:
     """add_lockspace (blocks until joined); returns how long it took."""
     t0 = time.monotonic()
@@ -165,17 +153,7 @@ def host_status(sanlock_bin: str, daemon: Any) -> dict[int, dict[str, str]]:
     """``sanlock client host_status -s LS -D``: {host_id: {timestamp, last_live, owner_name, ...}}."""
     got = client(sanlock_bin, daemon, "host_status", "-s", LS, "-D")
     assert got.returncode == 0, (got.stdout, got.stderr)
-    out: dict[int, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for line in got.stdout.splitlines():
-        m = re.match(r"^(\d+) timestamp (\d+)$", line)
-        if m:
-            current = out.setdefault(int(m[1]), {})
-            continue
-        m = re.match(r"^\s+(\w+)=(.*)$", line)
-        if m and current is not None:
-            current[m[1]] = m[2]
-    return out
+    return parse_host_status(got.stdout)
 
 
 def read_leader(sanlock_bin: str, path: str, host_id: int) -> dict[str, str]:

@@ -50,7 +50,8 @@ from diskpaxos import errors, paxos_lease
 from diskpaxos.format import DBLOCK_FL_RELEASED, MBLOCK_SHARED, Geometry, PaxosView
 from diskpaxos.lockspace import Lease, Lockspace
 from diskpaxos.timeouts import Timeouts
-from oracle import DISKPAXOS, read_area, sanlock
+from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock
+from oracle import sanlock_client as client
 
 pytestmark = pytest.mark.interop
 
@@ -173,19 +174,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def client(sanlock_bin: str, daemon: Any, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``sanlock client ...`` talking to this daemon."""
-    return subprocess.run([sanlock_bin, "client", *args], env=daemon.env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def daemon_log(daemon: Any) -> str:
-    try:
-        return daemon.log_path.read_text(errors="replace")[-3000:]
-    except OSError:
-        return ""
-
-
 def sanlock_join(sanlock_bin: str, daemon: Any, area: Area, host_id: int = 1) -> None:
     got = client(sanlock_bin, daemon, "add_lockspace", "-s", area.ls(host_id), "-o", str(IO), timeout=60)
     assert got.returncode == 0 and "done 0" in got.stdout, (got.stdout, got.stderr, daemon_log(daemon))
@@ -232,17 +220,7 @@ def host_status(sanlock_bin: str, daemon: Any) -> dict[int, dict[str, str]]:
     """``sanlock client host_status -s LS -D``: {host_id: {timestamp, last_live, last_check, ...}}."""
     got = client(sanlock_bin, daemon, "host_status", "-s", LS, "-D")
     assert got.returncode == 0, (got.stdout, got.stderr)
-    out: dict[int, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for line in got.stdout.splitlines():
-        m = re.match(r"^(\d+) timestamp (\d+)$", line)
-        if m:
-            current = out.setdefault(int(m[1]), {})
-            continue
-        m = re.match(r"^\s+(\w+)=(.*)$", line)
-        if m and current is not None:
-            current[m[1]] = m[2]
-    return out
+    return parse_host_status(got.stdout)
 
 
 def children(pid: int) -> list[int]:
