@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import direct, errors
+from .cli_daemon import register as register_daemon_commands
 from .dump import header as dump_header
 from .dump import walk as dump_walk
 from .format import Geometry, LeaderRecord, MiB, c_name, check_name
@@ -502,6 +503,9 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
         click.echo(f"  {key:<17} {value}")
     if result.replaced:
         click.echo(f"  replaced          {result.replaced}")
+
+
+register_daemon_commands(main, _Command, _Group)
 
 
 def mklockspace_main() -> None:

@@ -254,3 +254,44 @@ def _single(buffers: Buffers) -> memoryview:
     if len(buffers) != 1:
         raise NotImplementedError("fault injection supports one buffer per I/O")
     return buffers[0]
+
+
+class TriggeredSyscalls(Syscalls):
+    """Real I/O until a trigger file exists, then the plan's faults: "pull the plug" on demand.
+
+    Lets a test make one daemon's storage fail or hang at a moment it chooses,
+    from outside the process (the daemon is configured with a plan file).
+    """
+
+    def __init__(self, plan: FaultPlan, trigger: str, base: Syscalls = DEFAULT_SYSCALLS) -> None:
+        self.trigger = trigger
+        self.base = base
+        self.faulty = plan.syscalls(base)
+
+    def _active(self) -> Syscalls:
+        return self.faulty if os.path.exists(self.trigger) else self.base
+
+    def preadv(self, fd: int, buffers: Buffers, offset: int) -> int:
+        return self._active().preadv(fd, buffers, offset)
+
+    def pwritev(self, fd: int, buffers: Buffers, offset: int) -> int:
+        return self._active().pwritev(fd, buffers, offset)
+
+
+def load_plan(path: str) -> TriggeredSyscalls:
+    """A plan file (JSON): {"trigger": PATH, "seed": N, "faults": [{"kind": "error", "op": "read", ...}]}.
+
+    Each fault's keys are ``Fault``'s fields; ``offset`` may be [start, end].
+    """
+    import json
+    with open(path) as f:
+        spec = json.load(f)
+    plan = FaultPlan(seed=int(spec.get("seed", 0)))
+    for item in spec.get("faults", []):
+        item = dict(item)
+        if isinstance(item.get("offset"), list):
+            item["offset"] = tuple(item["offset"])
+        if "positions" in item and item["positions"] is not None:
+            item["positions"] = tuple(item["positions"])
+        plan.add(Fault(**item))
+    return TriggeredSyscalls(plan, spec["trigger"])

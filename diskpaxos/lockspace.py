@@ -166,7 +166,8 @@ class Lockspace:
                  on_renewal_failure: FailureCallback | None, clock: Clock,
                  watchdog_fire_timeout: int,
                  on_host_signal: Callable[[int], None] | None = None,
-                 on_request: Callable[[Lease, int], None] | None = None) -> None:
+                 on_request: Callable[[Lease, int], None] | None = None,
+                 on_renewal_warning: Callable[[Lockspace, float], None] | None = None) -> None:
         self.storage = storage
         self.lease = lease
         self.name = lease.space_name
@@ -178,6 +179,7 @@ class Lockspace:
         self.on_renewal_failure = on_renewal_failure
         self.on_host_signal = on_host_signal
         self.on_request = on_request
+        self.on_renewal_warning = on_renewal_warning  # (lockspace, local expiry time) at 6 x io
         self.history: collections.deque[Renewal] = collections.deque(maxlen=HISTORY_LEN)
         self.host_table = HostTable(self.geometry.max_hosts, lease.io_timeout, lease.host_id,
                                     watchdog_fire_timeout)
@@ -205,6 +207,7 @@ class Lockspace:
              host_name: str | None = None, *, on_renewal_failure: FailureCallback | None = None,
              on_host_signal: Callable[[int], None] | None = None,
              on_request: Callable[[Lease, int], None] | None = None,
+             on_renewal_warning: Callable[[Lockspace, float], None] | None = None,
              clock: Clock = REAL_CLOCK,
              watchdog_fire_timeout: int = WATCHDOG_FIRE_TIMEOUT, syscalls: Syscalls = DEFAULT_SYSCALLS,
              abort: threading.Event | None = None) -> Lockspace:
@@ -227,7 +230,7 @@ class Lockspace:
             raise
         ls = cls(storage, lease, on_renewal_failure=on_renewal_failure, clock=clock,
                  watchdog_fire_timeout=watchdog_fire_timeout, on_host_signal=on_host_signal,
-                 on_request=on_request)
+                 on_request=on_request, on_renewal_warning=on_renewal_warning)
         ls._set_state(State.JOINED)
         ls._renewal_thread.start()
         ls._monitor_thread.start()
@@ -521,6 +524,11 @@ class Lockspace:
                         self._set_state(State.FAILING)
                 log.warning("%s:%d no successful renewal for %.1f s; the lease expires in %.1f s",
                             self.name, self.host_id, now - last, fail_at - now)
+                if self.on_renewal_warning is not None:
+                    try:
+                        self.on_renewal_warning(self, fail_at)
+                    except Exception:
+                        log.exception("on_renewal_warning callback raised")
             next_check = warn_at if now < warn_at else fail_at
             self._renewed.clear()
             if self.lease.last_success != last:

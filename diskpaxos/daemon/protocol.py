@@ -1,0 +1,88 @@
+"""The daemon's socket protocol: one JSON object per line, versioned.
+
+Request:  {"v": 1, "id": <any>, "op": "<name>", ...arguments}
+Reply:    {"v": 1, "id": <same>, "ok": true, ...results}
+      or  {"v": 1, "id": <same>, "ok": false, "code": <sanlock-style code>, "error": "<one line>"}
+
+A line is at most MAX_LINE bytes; longer input, bad JSON, a wrong version,
+an unknown op or arguments of the wrong type get an error reply and never
+stop the daemon.  Operations and their arguments are listed in ``OPS``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from typing import Any
+
+VERSION = 1
+MAX_LINE = 64 * 1024
+
+# op -> {argument: (type, required)}
+OPS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "add_lockspace": {"lockspace": (str, True), "io_timeout": (int, False), "host_name": (str, False)},
+    "rem_lockspace": {"lockspace": (str, True)},
+    "inq_lockspace": {"lockspace": (str, True)},
+    "register": {"pid": (int, False)},
+    "set_killpath": {"pid": (int, False), "argv": (list, True)},
+    "acquire": {"pid": (int, False), "resources": (list, True)},
+    "release": {"pid": (int, False), "resources": (list, False)},
+    "convert": {"pid": (int, False), "resource": (str, True), "shared": (bool, True)},
+    "inquire": {"pid": (int, False)},
+    "request": {"resource": (str, True), "force_mode": (int, False)},
+    "read_owners": {"resource": (str, True)},
+    "status": {},
+    "host_status": {"lockspace": (str, True)},
+    "renewal": {"lockspace": (str, True)},
+    "metrics": {},
+    "shutdown": {},
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, code: int = -errno.EINVAL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """A request line as a validated dict, or ProtocolError."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"request is longer than {MAX_LINE} bytes", -errno.E2BIG)
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise ProtocolError("a request is a JSON object")
+    if req.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {req.get('v')!r} is not supported (this daemon speaks {VERSION})")
+    op = req.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}", -errno.EOPNOTSUPP)
+    spec = OPS[op]
+    for key, value in req.items():
+        if key in ("v", "id", "op"):
+            continue
+        if key not in spec:
+            raise ProtocolError(f"{op}: unknown argument {key!r}")
+        want = spec[key][0]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ProtocolError(f"{op}: {key} must be {getattr(want, '__name__', want)}")
+    for key, (_, required) in spec.items():
+        if required and key not in req:
+            raise ProtocolError(f"{op}: missing argument {key!r}")
+    return req
+
+
+def encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def ok(req_id: Any, **results: Any) -> bytes:
+    return encode({"v": VERSION, "id": req_id, "ok": True, **results})
+
+
+def error(req_id: Any, code: int, message: str) -> bytes:
+    return encode({"v": VERSION, "id": req_id, "ok": False, "code": code, "error": message.splitlines()[0]
+                   if message else ""})
