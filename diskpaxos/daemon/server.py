@@ -82,9 +82,10 @@ class Daemon:
 
     def start_watchdog(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.watchdog_proc = subprocess.Popen([sys.executable, "-m", "diskpaxos.daemon.watchdog",
-                                               str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                              stdin=subprocess.DEVNULL)
+        argv = [sys.executable, "-m", "diskpaxos.daemon.watchdog", str(theirs.fileno())]
+        if self.config.watchdog_device:
+            argv.append(self.config.watchdog_device)
+        self.watchdog_proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         return ours
 

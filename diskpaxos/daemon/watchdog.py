@@ -50,7 +50,27 @@ def kill_all(protected: dict[int, int], why: str) -> None:
         del protected[pid]
 
 
-def serve(sock: socket.socket) -> None:
+class Device:
+    """An optional /dev/watchdog: petted while the daemon beats in time, so that if
+    this helper itself dies or the daemon goes silent the hardware resets the host."""
+
+    def __init__(self, path: str | None) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC) if path else None
+
+    def pet(self) -> None:
+        if self.fd is not None:
+            os.write(self.fd, b"\0")
+
+    def disarm(self) -> None:
+        """Clean exit with nothing protected: the magic close stops the timer."""
+        if self.fd is not None:
+            os.write(self.fd, b"V")
+            os.close(self.fd)
+            self.fd = None
+
+
+def serve(sock: socket.socket, device: Device | None = None) -> None:
+    device = device or Device(None)
     protected: dict[int, int] = {}
     deadline = math.inf
     while True:
@@ -66,7 +86,10 @@ def serve(sock: socket.socket) -> None:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
         if not msg:
-            kill_all(protected, "the daemon died")
+            if protected:
+                kill_all(protected, "the daemon died")
+                return  # the device (if any) is left armed: it fires unless a new daemon takes over
+            device.disarm()
             return
         words = msg.decode(errors="replace").split()
         if words[:1] == ["protect"] and len(words) == 2 and fds:
@@ -80,6 +103,7 @@ def serve(sock: socket.socket) -> None:
                 os.close(pidfd)
         elif words[:1] == ["beat"] and len(words) == 2:
             deadline = float(words[1])
+            device.pet()
         for extra in fds[1:]:
             os.close(extra)
 
@@ -89,7 +113,7 @@ def main() -> int:
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the daemon's death or silence stops us
-    serve(sock)
+    serve(sock, Device(sys.argv[2] if len(sys.argv) > 2 else None))
     return 0
 
 
