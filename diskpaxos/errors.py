@@ -92,6 +92,13 @@ class IOTimeout(StorageError):
     template = "{op} of {length} bytes did not complete within {timeout} s"
 
 
+class WriteStillInFlight(IOTimeout):
+    """A new I/O would be issued while an earlier abandoned write may still land."""
+
+    template = ("{op} of {length} bytes not issued: an earlier write that missed its deadline "
+                "has not completed within {timeout} s")
+
+
 class IOFailed(StorageError):
     template = "{op} of {length} bytes failed: {reason}"
 

@@ -215,6 +215,7 @@ class DirectStorage:
         self._lock = threading.Lock()  # guards completion/abandonment and the fd lifetime
         self._idle = threading.Condition(self._lock)
         self._in_flight_abandoned = 0
+        self._abandoned_writes = 0  # of those, writes: later I/O waits for them (ordering)
         self._closing = False
         self._fd_closed = True  # until open() succeeds
         self._caller = threading.Lock()  # one caller at a time
@@ -360,6 +361,12 @@ class DirectStorage:
             log.warning("%s: closing with %d abandoned I/O(s) in flight; the fd stays open "
                         "until they complete", self.path, pending)
 
+    @property
+    def abandoned_writes_in_flight(self) -> int:
+        """Writes abandoned at their deadline that may still land."""
+        with self._lock:
+            return self._abandoned_writes
+
     def wait_abandoned(self, timeout: float) -> bool:
         """Wait until no abandoned I/O is in flight; True if none is left.
 
@@ -416,6 +423,12 @@ class DirectStorage:
         """Run one syscall in the worker and wait for it with a deadline."""
         if timeout is None:
             timeout = self.io_timeout
+        # Order after late writes: an abandoned write may still land, and must never land after
+        # an I/O issued later (a late leader or dblock write would undo a newer one).
+        with self._lock:
+            if self._abandoned_writes and not self._idle.wait_for(lambda: self._abandoned_writes == 0, timeout):
+                raise errors.WriteStillInFlight(path=self.path, offset=offset, op=op, length=length,
+                                                timeout=timeout)
         worker = self._worker
         if worker is None:
             worker = self._worker = _Worker(f"diskpaxos-io {self.path}")
@@ -435,6 +448,8 @@ class DirectStorage:
         request.abandoned = True
         self.abandoned_ios += 1
         self._in_flight_abandoned += 1
+        if request.op == "write":
+            self._abandoned_writes += 1
         # Never touch the worker or the buffer again: the kernel may still use them.
         self._worker = None
         worker.stop()
@@ -454,6 +469,9 @@ class DirectStorage:
             if request.abandoned:
                 self.late_completions += 1
                 self._in_flight_abandoned -= 1
+                if request.op == "write":
+                    self._abandoned_writes -= 1
+                    self._idle.notify_all()
                 outcome = "failed: %r" % request.error if request.error else f"returned {request.result}"
                 log.warning("%s: abandoned %s at offset %d completed late after %.3f s and %s",
                             self.path, request.op, request.offset,

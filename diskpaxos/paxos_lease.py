@@ -106,6 +106,8 @@ class SharedHoldersLive(AcquireError):
 class BallotAbort(errors.DiskpaxosError):
     """Phase 1 or 2 saw a larger ballot or lver: retry with a larger mbal."""
 
+    accepted: Dblock | None = None  # set when our phase-2 value reached the disk before the abort
+
 
 class DblockLver(BallotAbort):
     code = -212  # SANLK_DBLOCK_LVER
@@ -217,8 +219,8 @@ class GeometryMismatch(Exception):
 
 
 def read_lease(storage: DirectStorage, geometry: Geometry, offset: int, *, lockspace: str, resource: str,
-               host_id: int, timeout: float) -> tuple[LeaderRecord, int]:
-    """The initial read (6.1): leader and every dblock verified; returns (leader, max mbal).
+               host_id: int, timeout: float) -> tuple[LeaderRecord, int, Dblock]:
+    """The initial read (6.1): leader and every dblock verified; returns (leader, max mbal, our dblock).
 
     A leader that declares another geometry than ``geometry`` raises
     GeometryMismatch before anything is judged with the wrong one (6.2 step 1).
@@ -239,7 +241,7 @@ def read_lease(storage: DirectStorage, geometry: Geometry, offset: int, *, locks
         d = view.dblock(bad[0])
         raise errors.DblockChecksumError(host_id=bad[0], found=d.checksum, expected=d.compute_checksum(),
                                          path=storage.path, offset=geometry.dblock_offset(offset, bad[0]))
-    return leader, view.max_mbal
+    return leader, view.max_mbal, view.dblock(host_id)
 
 
 def geometry_of_leader(storage: DirectStorage, offset: int, fallback: Geometry, timeout: float) -> Geometry:
@@ -283,11 +285,17 @@ def _check_phase(view_dblocks: np.ndarray, ok: np.ndarray, num_hosts: int, next_
 
 def run_ballot(storage: DirectStorage, geometry: Geometry, offset: int, *, host_id: int, generation: int,
                num_hosts: int, next_lver: int, our_mbal: int, keep_mode: ModeBlock | None, clock: Clock,
-               timeout: float) -> BallotResult:
-    """Phases 1 and 2 of Disk Paxos for ``next_lver`` (6.2)."""
+               timeout: float, accepted: Dblock | None = None) -> BallotResult:
+    """Phases 1 and 2 of Disk Paxos for ``next_lver`` (6.2).
+
+    ``accepted``: our dblock's value already accepted for ``next_lver`` by an
+    earlier ballot of ours; phase 1 keeps it (bal, inp) as Disk Paxos requires.
+    """
     read_size = geometry.ballot_read_size(num_hosts)
     # phase 1: claim our_mbal
     mine = Dblock(mbal=our_mbal, lver=next_lver)
+    if accepted is not None and accepted.lver == next_lver:
+        mine = mine.replace(bal=accepted.bal, inp=accepted.inp, inp2=accepted.inp2, inp3=accepted.inp3)
     write_dblock(storage, geometry, offset, host_id, mine, keep_mode, timeout)
     view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout), geometry, num_hosts)
     shared = [(h, g) for h, g in view.shared_holders() if h != host_id]
@@ -299,9 +307,17 @@ def run_ballot(storage: DirectStorage, geometry: Geometry, offset: int, *, host_
         inp, inp2, inp3 = host_id, generation, disk_time(clock)
     # phase 2: propose
     mine = Dblock(mbal=our_mbal, bal=our_mbal, inp=inp, inp2=inp2, inp3=inp3, lver=next_lver).with_checksum()
-    write_dblock(storage, geometry, offset, host_id, mine, keep_mode, timeout)
+    try:
+        write_dblock(storage, geometry, offset, host_id, mine, keep_mode, timeout)
+    except errors.StorageError as e:
+        e.accepted = mine  # type: ignore[attr-defined]  # it may have landed: keep it from here on
+        raise
     view = PaxosView.parse(storage.read(offset, read_size, timeout=timeout), geometry, num_hosts)
-    _check_phase(view.dblocks, view.checksum_ok, num_hosts, next_lver, our_mbal)
+    try:
+        _check_phase(view.dblocks, view.checksum_ok, num_hosts, next_lver, our_mbal)
+    except BallotAbort as e:
+        e.accepted = mine  # our phase-2 value is on disk: the next phase 1 keeps it
+        raise
     return BallotResult(mine, shared)
 
 
@@ -381,8 +397,8 @@ def acquire(storage: DirectStorage, geometry: Geometry, offset: int, ls: Livenes
     try:
         while True:  # restart from the initial read
             try:
-                cur, max_mbal = read_lease(storage, geometry, offset, lockspace=ls.name, resource=resource,
-                                           host_id=h, timeout=timeout)
+                cur, max_mbal, ours = read_lease(storage, geometry, offset, lockspace=ls.name, resource=resource,
+                                                 host_id=h, timeout=timeout)
             except GeometryMismatch as e:
                 log.info("%s: the lease's leader says %s; reading it again with that", resource, e.geometry)
                 geometry = e.geometry
@@ -404,7 +420,7 @@ def acquire(storage: DirectStorage, geometry: Geometry, offset: int, ls: Livenes
                 if not _owner_check(storage, geometry, offset, cur, ls, resource, clock, abort, owner_nowait,
                                     timeout):
                     continue
-            decided = _ballot_until_decided(storage, geometry, offset, ls, resource, cur, max_mbal,
+            decided = _ballot_until_decided(storage, geometry, offset, ls, resource, cur, max_mbal, ours,
                                             keep_mode, clock, abort, rng, timeout)
             if decided is None:
                 continue  # the leader moved on while we balloted: start over
@@ -441,8 +457,8 @@ def _cancelled(resource: str) -> errors.DiskpaxosError:
 
 
 def _ballot_until_decided(storage: DirectStorage, geometry: Geometry, offset: int, ls: Liveness, resource: str,
-                          cur: LeaderRecord, max_mbal: int, keep_mode: ModeBlock | None, clock: Clock,
-                          abort: threading.Event, rng: random.Random, timeout: float,
+                          cur: LeaderRecord, max_mbal: int, ours: Dblock, keep_mode: ModeBlock | None,
+                          clock: Clock, abort: threading.Event, rng: random.Random, timeout: float,
                           ) -> tuple[Dblock, LeaderRecord, list[tuple[int, int]], bool] | None:
     """Ballot for cur.lver + 1 until a value is chosen.
 
@@ -452,6 +468,9 @@ def _ballot_until_decided(storage: DirectStorage, geometry: Geometry, offset: in
     h, g = ls.host_id, ls.generation
     next_lver = cur.lver + 1
     our_mbal = next_mbal(max_mbal, cur.max_hosts, h)
+    # a value we already accepted for this lver (an earlier attempt reached phase 2) must stay
+    # on disk through our next phase 1: erasing it could let another value be chosen
+    accepted = ours if ours.lver == next_lver and ours.bal and ours.inp else None
     first = True
     while True:
         if not first:
@@ -469,8 +488,10 @@ def _ballot_until_decided(storage: DirectStorage, geometry: Geometry, offset: in
         try:
             ballot = run_ballot(storage, geometry, offset, host_id=h, generation=g, num_hosts=cur.num_hosts,
                                 next_lver=next_lver, our_mbal=our_mbal, keep_mode=keep_mode, clock=clock,
-                                timeout=timeout)
+                                timeout=timeout, accepted=accepted)
         except BallotAbort as e:
+            if e.accepted is not None:
+                accepted = e.accepted
             log.debug("%s: ballot %d aborted: %s", resource, our_mbal, e)
             if clock.wait(abort, rng.random()):
                 raise _cancelled(resource) from None

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import errors
 from .io_direct import DEFAULT_SYSCALLS, DirectStorage, Syscalls
 
 
@@ -22,19 +23,33 @@ class StoragePool:
         self.readonly = readonly
         self._idle: dict[tuple[str, int], list[DirectStorage]] = {}
         self._lent: set[DirectStorage] = set()
+        self._all: dict[tuple[str, int], list[DirectStorage]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     @contextmanager
     def borrow(self, path: str, syscalls: Syscalls = DEFAULT_SYSCALLS) -> Iterator[DirectStorage]:
+        """One storage for ``path``, for this caller alone until the block ends.
+
+        A write abandoned at its deadline may still land; every storage of the
+        path waits for it first (up to io_timeout), so it can never land after
+        a write issued later through another storage of the same path.
+        """
         key = (os.path.realpath(path), id(syscalls))
         with self._lock:
             if self._closed:
                 raise RuntimeError("storage pool is closed")
+            pending = [s for s in self._all.get(key, ()) if s.abandoned_writes_in_flight]
+        for other in pending:
+            if not other.wait_abandoned(self.io_timeout):
+                raise errors.WriteStillInFlight(path=path, op="I/O", length=0, timeout=self.io_timeout)
+        with self._lock:
             idle = self._idle.setdefault(key, [])
             storage = idle.pop() if idle else None
         if storage is None:
             storage = DirectStorage(path, io_timeout=self.io_timeout, readonly=self.readonly, syscalls=syscalls)
+            with self._lock:
+                self._all.setdefault(key, []).append(storage)
         with self._lock:
             self._lent.add(storage)
         try:

@@ -379,13 +379,20 @@ def test_hung_write_lands_late_from_its_own_buffer(target: tuple[str, int, int, 
         with pytest.raises(errors.IOTimeout):
             storage.write(0, b"L" * ss)
         assert time.monotonic() - start < 0.2 + SLACK
-        # A write of other data while the first is in flight must use another buffer.
-        storage.write(ss, b"N" * ss)
-        assert storage.read(0, ss).tobytes() == bytes(ss)
+        # Nothing is issued while the late write may still land: it could land after it.
+        start = time.monotonic()
+        with pytest.raises(errors.WriteStillInFlight):
+            storage.write(ss, b"N" * ss)
+        assert 0.2 - SLACK < time.monotonic() - start < 0.2 + SLACK
+        with pytest.raises(errors.WriteStillInFlight):
+            storage.read(0, ss)
         hang.release()
         assert storage.wait_abandoned(timeout=10)
-        # The late write landed, with its own data (so its buffer was not reused).
+        # Then I/O goes on; the late write landed with its own data, and the next write
+        # used a new buffer (the abandoned one is never reused).
+        storage.write(ss, b"N" * ss)
         assert storage.read(0, 2 * ss).tobytes() == b"L" * ss + b"N" * ss
+        assert storage.abandoned_writes_in_flight == 0
 
 
 @pytest.mark.timeout(30)
