@@ -16,9 +16,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from cli_helpers import (MiB, assert_one_line_error, digest, dp, flip, mkls, patch, region,
-                         rewrite_leader, run_as_nobody, u32)
+from cli_helpers import (
+    MiB,
+    assert_one_line_error,
+    digest,
+    dp,
+    flip,
+    mkls,
+    patch,
+    region,
+    rewrite_leader,
+    run_as_nobody,
+    u32,
+)
 from oracle import read_area, sanlock
 
 LS_OFF, RES_OFF = 0, MiB  # where the pristine images hold the lockspace LS and resource LS:RES

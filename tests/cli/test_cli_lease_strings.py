@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import MiB, assert_one_line_error, digest, dp
 from oracle import sanlock
 

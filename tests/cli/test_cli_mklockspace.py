@@ -18,9 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cli_helpers import (MiB, assert_one_line_error, digest, dp, mkls, patch, printed_geometry, region,
-                         rewrite_leader, run)
+from cli_helpers import (
+    MiB,
+    assert_one_line_error,
+    digest,
+    dp,
+    mkls,
+    patch,
+    printed_geometry,
+    region,
+    rewrite_leader,
+    run,
+)
 from oracle import sanlock
 
 

@@ -18,8 +18,7 @@ import pytest
 from diskpaxos import delta_lease, errors
 from diskpaxos.delta_lease import Aborted, HostIdBusy, RenewDiff, RenewOwner
 from diskpaxos.fault_storage import Fault, FaultPlan
-from diskpaxos.format import (DELTA_DISK_MAGIC, DELTA_DISK_VERSION, LEADER_SIZE, Geometry, LeaderRecord,
-                              lockspace_record)
+from diskpaxos.format import DELTA_DISK_MAGIC, DELTA_DISK_VERSION, LEADER_SIZE, Geometry, LeaderRecord, lockspace_record
 from diskpaxos.io_direct import Buffers, DirectStorage, Syscalls
 
 EPS = 2.0 ** -10

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diskpaxos.format import (HOSTID_BITMAP_OFFSET, LEADER_SIZE, Geometry, HostState, LockspaceView,
-                              lockspace_record)
+from diskpaxos.format import HOSTID_BITMAP_OFFSET, LEADER_SIZE, Geometry, HostState, LockspaceView, lockspace_record
 from diskpaxos.host_table import HostTable, judge
 from diskpaxos.io_direct import DirectStorage
 

@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle import DISKPAXOS, daemon_log, parse_host_status, py_sanlock, sanlock
+from oracle import sanlock_client as client
 
 from diskpaxos import delta_lease
 from diskpaxos.format import HostState
 from diskpaxos.lockspace import Lockspace, State
-from oracle import DISKPAXOS, daemon_log, parse_host_status, py_sanlock, sanlock
-from oracle import sanlock_client as client
 
 pytestmark = pytest.mark.interop
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import diskpaxos, sanlock
 
 from diskpaxos import format as F
-from oracle import diskpaxos, sanlock
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text())

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from oracle import diskpaxos, py_sanlock, read_area, sanlock
 
 MiB = 1024 * 1024

@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock
+from oracle import sanlock_client as client
 
 from diskpaxos import errors, paxos_lease
 from diskpaxos.format import DBLOCK_FL_RELEASED, MBLOCK_SHARED, Geometry, PaxosView
 from diskpaxos.lockspace import Lease, Lockspace
 from diskpaxos.timeouts import Timeouts
-from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock
-from oracle import sanlock_client as client
 
 pytestmark = pytest.mark.interop
 

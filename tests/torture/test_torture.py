@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from oracle import diskpaxos
 
 from diskpaxos.torture import checker
-from oracle import diskpaxos
 
 
 def _run(tmp_path: Path, *args: str, timeout: float) -> tuple[int, dict]:
