@@ -91,15 +91,23 @@ def default_host_name() -> str:
 FailureCallback = Callable[["Lockspace", str], None]
 
 
+class _Share:
+    """How many local holders share one on-disk shared lease."""
+
+    def __init__(self) -> None:
+        self.count = 1
+
+
 class Lease:
     """A resource lease held through a joined lockspace (context manager)."""
 
     def __init__(self, lockspace: Lockspace, held: paxos_lease.PaxosLease, key: tuple[str, int],
-                 syscalls: Syscalls) -> None:
+                 syscalls: Syscalls, share: _Share | None = None) -> None:
         self.lockspace = lockspace
         self.held = held
         self.key = key
         self.syscalls = syscalls
+        self.share = share or _Share()
         self.released = False
 
     def storage(self) -> contextlib.AbstractContextManager[DirectStorage]:
@@ -130,13 +138,26 @@ class Lease:
         """Switch between shared and exclusive without letting go (-11 if live sharers remain)."""
         if not self.valid:
             raise paxos_lease.LockspaceNotJoined(lockspace=self.lockspace.name)
+        if not shared and self.share.count > 1:
+            raise paxos_lease.SharedHoldersLive(resource=self.resource, holders="on this host (other processes)",
+                                                path=self.held.path, offset=self.held.offset)
         with self.storage() as storage:
             paxos_lease.convert(storage, self.held, self.lockspace, shared=shared, clock=self.lockspace.clock)
 
     def release(self) -> None:
         """Give the lease back; nothing is written once the lockspace failed."""
-        if self.released:
+        self._release(everyone=False)
+
+    def _release(self, everyone: bool) -> None:
+        """Release our hold; the on-disk record goes with the last local holder (or ``everyone``)."""
+        if self.released and not (everyone and self.share.count > 0):
             return
+        with self.lockspace._lock:
+            if self.share.count > 1 and not everyone:  # other local holders still share the on-disk record
+                self.share.count -= 1
+                self.released = True
+                return
+            self.share.count = 0
         try:
             if self.lockspace.may_write():
                 with self.storage() as storage:
@@ -318,6 +339,14 @@ class Lockspace:
         with self._lock:
             if not self.valid:
                 raise paxos_lease.LockspaceNotJoined(lockspace=self.name)
+            first = self._leases.get(key)
+            if first is not None and shared and first.shared and lver is None and first.share.count > 0:
+                # another local holder shares it: one on-disk record, released by the last holder
+                first.share.count += 1
+                lease = Lease(self, first.held, key, first.syscalls, first.share)
+                log.info("%s:%d shares %s (%d local holders)", self.name, self.host_id, lease.state_string(),
+                         first.share.count)
+                return lease
             if key in self._leases or key in self._acquiring:
                 raise errors.DiskpaxosError(f"resource {resource!r} at {path}:{offset} is already held or being "
                                             "acquired by this host", code=-errno.EEXIST)
@@ -382,7 +411,7 @@ class Lockspace:
                             self.host_id)
             else:
                 for held in self.leases():
-                    held.release()
+                    held._release(everyone=True)
                 delta_lease.release(self.storage, self.lease)
                 log.info("%s:%d released host_id (generation %d)", self.name, self.host_id, self.generation)
         except errors.DiskpaxosError as e:
@@ -441,6 +470,8 @@ class Lockspace:
             if self.storage.abandoned_in_flight:
                 # the previous renewal's I/O timed out: give it io_timeout to finish
                 self.storage.wait_abandoned(t.renewal_read_extend)
+                if self._stop.is_set():  # failed (or leaving) while we waited: FAILED writes nothing more
+                    return
             result = delta_lease.renew(self.storage, self.lease, clock=self.clock, previous_ok=previous_ok)
             now = self.clock.monotonic()
             with self._lock:
