@@ -23,7 +23,37 @@ def _name_of(lockspace: str) -> str:
     return lockspace.split(":", 1)[0]
 
 
+def split_command_argv(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``client command`` arguments after ``-c PATH``: the rest is the command's argv, verbatim.
+
+    As sanlock's ``client command -c PATH ARGS``: the command's own arguments may
+    look like our options (``-c /bin/sh -c 'exit 7'``) and must not be parsed.
+    """
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            break
+        if arg in ("-r", "-k", "--run-dir"):
+            i += 2
+            continue
+        if arg == "-c":
+            return args[: i + 2], args[i + 2:]
+        if arg.startswith("-c"):  # -cPATH
+            return args[: i + 1], args[i + 1:]
+        i += 1
+    return args, []
+
+
 def register(main: click.Group, command_class: type[click.Command], group_class: type[click.Group]) -> None:
+    class CommandVerb(command_class):  # type: ignore[valid-type,misc]
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            head, tail = split_command_argv(args)
+            rest = super().parse_args(ctx, head)
+            if tail:
+                ctx.params["args"] = (*ctx.params.get("args", ()), *tail)
+            return rest
+
     @main.command("daemon", cls=command_class)
     @click.option("--config", "config_path", default=None, help="TOML config (default /etc/diskpaxos/diskpaxos.conf).")
     @_run_dir_option
@@ -95,7 +125,7 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
     def inquire(pid: int, run_dir: str | None) -> None:
         click.echo(" ".join(connect(run_dir).inquire(pid)))
 
-    @client_group.command("command", cls=command_class, context_settings={"ignore_unknown_options": True})
+    @client_group.command("command", cls=CommandVerb, context_settings={"ignore_unknown_options": True})
     @click.option("-r", "resources", multiple=True, required=True, metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
     @click.option("-k", "killpath", default=None, help="Command run (with the pid appended) before SIGTERM when fenced.")
     @click.option("-c", "command", nargs=1, required=True, metavar="PATH")

@@ -46,6 +46,7 @@ class Client:
     pidfd: int
     leases: dict[str, Lease] = field(default_factory=dict)  # resource string (no lver) -> lease
     killpath: list[str] | None = None
+    killpath_cred: tuple[int, int] = (0, 0)  # (uid, gid) of whoever set the killpath: it runs as them
     fencing: bool = False
 
 
@@ -75,6 +76,8 @@ class Manager:
         ls_arg = parse_lockspace(text)
         if ls_arg.host_id == 0:
             raise errors.UsageError(f"lockspace {text!r}: host_id must be 1 or more")
+        if io_timeout is not None and not 0 <= io_timeout <= 255:  # 0: the configured default
+            raise errors.UsageError(f"io_timeout {io_timeout} is outside 1..255")
         with self._lock:
             if ls_arg.name in self.lockspaces or ls_arg.name in self.joining:
                 raise DaemonError(f"lockspace {ls_arg.name!r} is already added", code=-errno.EEXIST)
@@ -122,10 +125,15 @@ class Manager:
             client = self.clients.get(pid)
             if client is not None:
                 return client
+        if pid <= 0:
+            raise DaemonError(f"pid {pid} is not a process id", code=-errno.EINVAL)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             raise DaemonError(f"pid {pid} does not exist", code=-errno.ESRCH) from None
+        except (OverflowError, OSError) as e:
+            raise DaemonError(f"pid {pid}: cannot open a pidfd: {getattr(e, 'strerror', None) or e}",
+                              code=-(getattr(e, "errno", None) or errno.EINVAL)) from None
         client = Client(pid, pidfd)
         with self._lock:
             self.clients[pid] = client
@@ -139,10 +147,12 @@ class Manager:
             raise DaemonError(f"pid {pid} is not registered", code=-errno.ENOENT)
         return client
 
-    def set_killpath(self, pid: int, argv: list[str]) -> None:
+    def set_killpath(self, pid: int, argv: list[str], cred: tuple[int, int] = (0, 0)) -> None:
+        """``cred``: (uid, gid) of the requester; a non-root client's killpath never runs as root."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise errors.UsageError("killpath must be a non-empty list of strings")
-        self.client(pid).killpath = list(argv)
+        client = self.client(pid)
+        client.killpath, client.killpath_cred = list(argv), cred
 
     def client_exited(self, pid: int) -> int:
         """The process is gone: release every lease it held, now.  Returns how many."""
@@ -275,23 +285,34 @@ class Manager:
                 self._signal(client, signal.SIGTERM)
 
     def _signal(self, client: Client, sig: int) -> None:
-        try:
-            signal.pidfd_send_signal(client.pidfd, sig)
-        except (ProcessLookupError, OSError):
-            pass
+        # under the lock, and only while registered: client_exited closes the pidfd after removing
+        # the client, and a closed pidfd's number may already name another process's pidfd
+        with self._lock:
+            if self.clients.get(client.pid) is not client:
+                return
+            try:
+                signal.pidfd_send_signal(client.pidfd, sig)
+            except (ProcessLookupError, OSError):
+                pass
 
     def _run_killpath(self, client: Client) -> None:
         assert client.killpath is not None
+        uid, gid = client.killpath_cred
+        as_user = {"user": uid, "group": gid, "extra_groups": []} if uid != 0 else {}
         try:
             subprocess.Popen([*client.killpath, str(client.pid)], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        except OSError as e:
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             **as_user)
+        except (OSError, subprocess.SubprocessError) as e:
             log.error("killpath %s for pid %d failed: %s", client.killpath[0], client.pid, e)
 
     def _exited(self, client: Client, timeout: float) -> bool:
         import select
         if timeout <= 0:
             timeout = 0
+        with self._lock:
+            if self.clients.get(client.pid) is not client:
+                return True  # client_exited ran: the process is gone (and its pidfd closed)
         ready, _, _ = select.select([client.pidfd], [], [], timeout)
         return bool(ready)
 
@@ -314,10 +335,23 @@ class Manager:
 
     def _protect(self, client: Client) -> None:
         if self.watchdog_sock is not None:
-            try:
-                watchdog.send_protect(self.watchdog_sock, client.pid, client.pidfd)
-            except OSError as e:
-                log.error("cannot reach the watchdog helper: %s", e)
+            with self._lock:  # as _signal: never pass on a pidfd client_exited may have closed
+                if self.clients.get(client.pid) is not client:
+                    return
+                try:
+                    watchdog.send_protect(self.watchdog_sock, client.pid, client.pidfd)
+                    # and the deadline now: the helper's last one may be "inf" (nothing held), and
+                    # a daemon that hangs before its next heartbeat must not leave the client unguarded
+                    watchdog.send_beat(self.watchdog_sock, self.deadline())
+                except OSError as e:
+                    log.error("cannot reach the watchdog helper: %s", e)
+
+    def beat(self) -> None:
+        """Send the watchdog helper the deadline now; under the lock, so an older deadline computed
+        by another thread can never arrive after a newer one."""
+        if self.watchdog_sock is not None:
+            with self._lock:
+                watchdog.send_beat(self.watchdog_sock, self.deadline())
 
     def _unprotect(self, client: Client) -> None:
         if self.watchdog_sock is not None:
@@ -351,19 +385,26 @@ class Manager:
         return [r.__dict__ for r in self._lockspace(name).renewal_history()]
 
     def metrics(self) -> str:
-        lines = ["# TYPE diskpaxos_lockspaces gauge", f"diskpaxos_lockspaces {len(self.lockspaces)}",
-                 "# TYPE diskpaxos_clients gauge", f"diskpaxos_clients {len(self.clients)}",
-                 "# TYPE diskpaxos_leases gauge",
-                 f"diskpaxos_leases {sum(len(c.leases) for c in self.clients.values())}"]
-        for name, value in self.counters.items():
+        """Prometheus text: each metric's samples in one group after its TYPE line, as scrapers require."""
+        with self._lock:  # a consistent snapshot: other threads add and remove clients and lockspaces
+            lockspaces = list(self.lockspaces.values())
+            clients = len(self.clients)
+            leases = sum(len(c.leases) for c in self.clients.values())
+            counters = dict(self.counters)
+        lines = ["# TYPE diskpaxos_lockspaces gauge", f"diskpaxos_lockspaces {len(lockspaces)}",
+                 "# TYPE diskpaxos_clients gauge", f"diskpaxos_clients {clients}",
+                 "# TYPE diskpaxos_leases gauge", f"diskpaxos_leases {leases}"]
+        for name, value in counters.items():
             lines += [f"# TYPE diskpaxos_{name}_total counter", f"diskpaxos_{name}_total {value}"]
         lines.append("# TYPE diskpaxos_renewal_ms gauge")
-        for ls in self.lockspaces.values():
+        for ls in lockspaces:
             history = ls.renewal_history()
             if history:
                 last = history[-1]
                 lines.append(f'diskpaxos_renewal_ms{{lockspace="{ls.name}",io="read"}} {last.read_ms:.3f}')
                 lines.append(f'diskpaxos_renewal_ms{{lockspace="{ls.name}",io="write"}} {last.write_ms:.3f}')
+        lines.append("# TYPE diskpaxos_lockspace_valid gauge")
+        for ls in lockspaces:
             lines.append(f'diskpaxos_lockspace_valid{{lockspace="{ls.name}"}} {int(ls.valid)}')
         return "\n".join(lines) + "\n"
 

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .. import errors
-from . import protocol, watchdog
+from . import protocol
 from .config import Config
 from .manager import DaemonError, Manager
 
@@ -124,7 +124,7 @@ class Daemon:
         assert self.manager is not None and self.manager.watchdog_sock is not None
         while True:
             try:
-                watchdog.send_beat(self.manager.watchdog_sock, self.manager.deadline())
+                self.manager.beat()
             except OSError as e:
                 log.error("watchdog helper unreachable: %s", e)
             await asyncio.sleep(BEAT_INTERVAL)
@@ -142,8 +142,11 @@ class Daemon:
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    return  # peer closed (possibly half way through a line)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial.strip():  # a line cut short by EOF: a half-closed peer can still read
+                        writer.write(protocol.error(None, -errno.EINVAL, "request ends without a newline"))
+                        await writer.drain()
+                    return  # peer closed
                 except asyncio.LimitOverrunError:
                     writer.write(protocol.error(None, -errno.E2BIG,
                                                 f"request is longer than {protocol.MAX_LINE} bytes"))
@@ -154,6 +157,8 @@ class Daemon:
                 await writer.drain()
         except (ConnectionError, OSError):
             return
+        except asyncio.CancelledError:
+            return  # the daemon is stopping (3.11's stream callback would log a cancelled handler as an error)
         finally:
             writer.close()
 
@@ -171,7 +176,7 @@ class Daemon:
             req_id = req.get("id")
             return protocol.ok(req_id, **await self.dispatch(req, peer_pid, uid, gid))
         except protocol.ProtocolError as e:
-            return protocol.error(req_id, e.code, str(e))
+            return protocol.error(req_id if e.req_id is None else e.req_id, e.code, str(e))
         except errors.DiskpaxosError as e:
             return protocol.error(req_id, e.code, str(e))
         except Exception as e:  # never let one request take the daemon down
@@ -202,7 +207,7 @@ class Daemon:
             self.watch(client.pid, client.pidfd)
             return {"pid": client.pid}
         if op == "set_killpath":
-            m.set_killpath(pid, req["argv"])
+            m.set_killpath(pid, req["argv"], (uid, gid))
             return {}
         if op == "acquire":
             if pid not in m.clients:
