@@ -22,7 +22,7 @@ _SIZE_RE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTS]?)(?:i?B)?\s*$", re.I
 
 def parse_size(text: str, what: str = "size") -> int:
     """Bytes from ``4096``, ``0x1000``, ``1M``, ``8MiB`` (suffixes are powers of 1024)."""
-    m = _SIZE_RE.match(str(text))
+    m = _SIZE_RE.match(str(text)) if len(str(text)) <= 40 else None
     if not m:
         raise errors.UsageError(f"{what} {text!r} is not a number of bytes (e.g. 1048576, 1M, 8M)")
     number = int(m.group(1), 0)

@@ -596,8 +596,13 @@ def convert(storage: DirectStorage, lease: PaxosLease, ls: Liveness, *, shared: 
 
 
 def read_owners(storage: DirectStorage, geometry: Geometry, offset: int, timeout: float) -> list[dict[str, int | bool]]:
-    """Who holds the lease by its area alone: the leader's owner and every shared holder."""
+    """Who holds the lease by its area alone: the leader's owner and every shared holder.
+
+    The leader must be a valid resource lease (magic, version, checksum), as
+    sanlock requires: nothing is decoded from an area that is not one.
+    """
     view = PaxosView.parse(storage.read(offset, geometry.align_size, timeout=timeout).copy(), geometry)
+    check_paxos_leader(view.leader, path=storage.path, offset=offset)
     owners: list[dict[str, int | bool]] = []
     if view.leader.timestamp != 0:
         owners.append({"host_id": view.leader.owner_id, "generation": view.leader.owner_generation,

@@ -100,7 +100,11 @@ def _validate(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode(reply: dict[str, Any]) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+    try:
+        text = json.dumps(reply, separators=(",", ":"), default=str)
+    except RecursionError:  # an id nested just too deep for the encoder (the decoder took it): answer without it
+        text = json.dumps({**reply, "id": None}, separators=(",", ":"), default=str)
+    return text.encode() + b"\n"
 
 
 def ok(req_id: Any, **results: Any) -> bytes:
