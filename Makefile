@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 # DISKPAXOS_REQUIRE_INTEROP=1).
 sanlock:
 	@if [ "$$(id -u)" = 0 ] && { ! command -v sanlock >/dev/null 2>&1 || \
-	    ! dpkg -s python3-sanlock >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; }; then \
-	    echo "installing sanlock, python3-sanlock and util-linux from Debian"; \
+	    ! dpkg -s python3-sanlock >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1 || \
+	    ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; }; then \
+	    echo "installing sanlock, python3-sanlock, util-linux, e2fsprogs and strace from Debian"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        sanlock python3-sanlock util-linux >/dev/null; \
+	        sanlock python3-sanlock util-linux e2fsprogs strace >/dev/null; \
 	fi
 
 demo: venv
