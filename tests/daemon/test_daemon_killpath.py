@@ -4,12 +4,11 @@ SIGTERM, and the holder is dead before its lease expires locally."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_hosts import DISKPAXOS, T, DiskpaxosDaemon, Holder, make_area, wait_for
+from daemon_hosts import DISKPAXOS, DiskpaxosDaemon, Holder, T, make_area, wait_for
 
 
 @pytest.mark.timeout(60)
