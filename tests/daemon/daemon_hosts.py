@@ -24,13 +24,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle import DISKPAXOS, Result, run, sanlock
+from oracle import DISKPAXOS, Result, run, sanlock, wait_for
 
 from diskpaxos import direct
 from diskpaxos.client import Client, DaemonError
@@ -42,18 +41,6 @@ IO = 1
 T = Timeouts(IO)  # renew 2 s, warn 6 s, fail 8 s, host_dead 68 s
 LS = "LS"
 RES = "R"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def pidfd_exited(pidfd: int, timeout: float = 0.0) -> bool:

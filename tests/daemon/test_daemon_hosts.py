@@ -38,7 +38,6 @@ import re
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +62,7 @@ from daemon_hosts import (
     wait_for,
 )
 from oracle import DISKPAXOS, run
+from scenarios import BackgroundScenarios
 
 from diskpaxos import direct
 from diskpaxos.daemon.manager import FENCE_MARGIN
@@ -589,7 +589,7 @@ SCENARIOS: dict[str, tuple[Callable[..., dict[str, Any]], str]] = {
 }
 
 
-class Scenarios:
+class Scenarios(BackgroundScenarios):
     """The 68 s scenarios, run in background threads.
 
     When a worker sets this module up (its first test here), it starts every
@@ -602,48 +602,7 @@ class Scenarios:
     """
 
     def __init__(self, shared: Path, wanted: list[str], sanlock_bin: str, san_cls: type) -> None:
-        self.shared = shared
-        self.wanted = wanted
-        self.args = (sanlock_bin, san_cls)
-        self.threads: list[threading.Thread] = []
-
-    def _claim(self, name: str) -> bool:
-        try:
-            os.close(os.open(self.shared / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return True
-        except FileExistsError:
-            return False
-
-    def _run(self, name: str) -> None:
-        workdir = self.shared / name
-        workdir.mkdir()
-        try:
-            with contextlib.ExitStack() as stack:
-                result: dict[str, Any] = {"ok": SCENARIOS[name][0](*self.args, workdir, stack)}
-        except BaseException:
-            result = {"error": traceback.format_exc()}
-        tmp = self.shared / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(result, default=str))
-        tmp.rename(self.shared / f"{name}.json")
-
-    def start(self) -> None:
-        for name in self.wanted:
-            if self._claim(name):
-                t = threading.Thread(target=self._run, args=(name,), name=f"scenario-{name}", daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def result(self, name: str, timeout: float = 270) -> dict[str, Any]:
-        path = self.shared / f"{name}.json"
-        wait_for(path.exists, timeout, f"the {name} scenario to finish", 0.5)
-        got = json.loads(path.read_text())
-        if "error" in got:
-            pytest.fail(f"the {name} scenario failed:\n{got['error']}\nlogs in {self.shared / name}", pytrace=False)
-        return got["ok"]
-
-    def join(self) -> None:
-        for t in self.threads:
-            t.join(timeout=270)
+        super().__init__(shared, wanted, SCENARIOS, (sanlock_bin, san_cls), timeout=270)
 
 
 @pytest.fixture(scope="module", autouse=True)

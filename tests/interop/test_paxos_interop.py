@@ -36,7 +36,6 @@ import signal
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock
+from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock, wait_for
 from oracle import sanlock_client as client
+from scenarios import BackgroundScenarios
 
 from diskpaxos import errors, paxos_lease
 from diskpaxos.format import DBLOCK_FL_RELEASED, MBLOCK_SHARED, Geometry, PaxosView
@@ -160,18 +160,6 @@ def flip_byte(path: str, sector_offset: int, sector_size: int, index: int) -> by
 
 
 # --- sanlock --------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def sanlock_join(sanlock_bin: str, daemon: Any, area: Area, host_id: int = 1) -> None:
@@ -530,68 +518,14 @@ SCENARIOS = {
 }
 
 
-class Takeovers:
-    """The two 68 s takeover scenarios, run in background threads.
-
-    When a worker sets this module up (its first test here), it starts every
-    selected scenario not yet claimed by another worker (a claim is a file
-    created with O_EXCL in a directory all workers of this session share).
-    Each scenario only acts and measures, then writes its measurements (or its
-    traceback) to a JSON file there; each takeover test, last in the module,
-    waits for its own file and asserts on it.  So the two directions overlap
-    each other and the rest of the module, however the tests are distributed
-    (``-n 2``, ``--dist loadfile`` or no xdist), and none runs twice.
-    """
+class Takeovers(BackgroundScenarios):
+    """The two 68 s takeover scenarios, run in background threads (see tests/scenarios.py):
+    the two directions overlap each other and the rest of the module, however the tests are
+    distributed, and each takeover test, last in the module, waits for its own result."""
 
     def __init__(self, shared: Path, wanted: list[str], sanlock_bin: str, sanlock_python: str,
                  daemon_class: type) -> None:
-        self.shared = shared
-        self.wanted = wanted
-        self.args = (sanlock_bin, sanlock_python, daemon_class)
-        self.threads: list[threading.Thread] = []
-        self.started = False
-
-    def _claim(self, name: str) -> bool:
-        try:
-            os.close(os.open(self.shared / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return True
-        except FileExistsError:
-            return False
-
-    def _run(self, name: str) -> None:
-        workdir = self.shared / name
-        workdir.mkdir()
-        try:
-            with contextlib.ExitStack() as stack:
-                result: dict[str, Any] = {"ok": SCENARIOS[name][0](*self.args, workdir, stack)}
-        except BaseException:
-            result = {"error": traceback.format_exc()}
-        tmp = self.shared / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.rename(self.shared / f"{name}.json")
-
-    def start(self) -> None:
-        if self.started:
-            return
-        self.started = True
-        for name in self.wanted:
-            if self._claim(name):
-                t = threading.Thread(target=self._run, args=(name,), name=f"takeover-{name}", daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def result(self, name: str, timeout: float = 280) -> dict[str, Any]:
-        self.start()
-        path = self.shared / f"{name}.json"
-        wait_for(path.exists, timeout, f"the {name} scenario to finish", 0.5)
-        got = json.loads(path.read_text())
-        if "error" in got:
-            pytest.fail(f"the {name} scenario failed:\n{got['error']}", pytrace=False)
-        return got["ok"]
-
-    def join(self) -> None:
-        for t in self.threads:
-            t.join(timeout=280)
+        super().__init__(shared, wanted, SCENARIOS, (sanlock_bin, sanlock_python, daemon_class), timeout=280)
 
 
 def _daemon_class(config: pytest.Config) -> type:
