@@ -31,8 +31,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import logging  # noqa: E402
+
+from benchutil import attach_loop  # noqa: E402
 
 from diskpaxos import direct  # noqa: E402
 from diskpaxos.lockspace import Lockspace  # noqa: E402
@@ -57,11 +60,6 @@ for r in range(rounds):
         acq.append((t1 - t0) * 1000); rel.append((t2 - t1) * 1000)
 print(json.dumps({"acquire_ms": acq, "release_ms": rel}))
 """
-
-
-def attach_loop(backing: Path, sector: int) -> str:
-    return subprocess.run(["losetup", "-f", "--show", "--direct-io=on", f"--sector-size={sector}", str(backing)],
-                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def floor(path: str, sector: int, rounds: int) -> tuple[list[float], list[float]]:

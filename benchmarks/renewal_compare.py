@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import attach_loop  # noqa: E402
 
 from diskpaxos import delta_lease, direct  # noqa: E402
 from diskpaxos.format import Geometry  # noqa: E402
@@ -45,11 +48,6 @@ from diskpaxos.io_direct import DirectStorage  # noqa: E402
 
 MiB = 1024 * 1024
 LS = "BENCH"
-
-
-def attach_loop(backing: Path, sector: int) -> str:
-    return subprocess.run(["losetup", "-f", "--show", "--direct-io=on", f"--sector-size={sector}", str(backing)],
-                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def floor(path: str, geometry: Geometry, rounds: int) -> tuple[list[float], list[float]]:
