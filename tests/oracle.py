@@ -117,3 +117,17 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def sanlock_read_leader(sanlock_bin: str, what: str, spec: str) -> dict[str, int]:
+    """``sanlock direct read_leader -r|-s SPEC``: the record's numeric fields as the real sanlock decodes it."""
+    got = sanlock(sanlock_bin, "direct", "read_leader", what, spec)
+    assert "read_leader done 0" in got.stdout, got
+    out = {}
+    for line in got.stdout.splitlines()[1:]:
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value, 0)
+        except ValueError:
+            pass  # names
+    return out

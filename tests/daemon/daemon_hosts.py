@@ -97,18 +97,6 @@ def make_area(path: Path, sanlock_bin: str | None = None, name: str = LS) -> Are
     return area
 
 
-def sanlock_read_leader(sanlock_bin: str, spec: str) -> dict[str, int]:
-    """``sanlock direct read_leader -r SPEC``: the resource leader as the real sanlock decodes it."""
-    got = sanlock(sanlock_bin, "direct", "read_leader", "-r", spec)
-    assert "read_leader done 0" in got.stdout, got
-    out = {}
-    for line in got.stdout.splitlines()[1:]:
-        key, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            out[key] = int(value, 0)
-    return out
-
-
 # --- lease holders --------------------------------------------------------------------------
 
 

@@ -57,11 +57,10 @@ from daemon_hosts import (
     sanlock_hold,
     sanlock_join,
     sanlock_leave,
-    sanlock_read_leader,
     sanlock_try,
     wait_for,
 )
-from oracle import DISKPAXOS, run
+from oracle import DISKPAXOS, run, sanlock_read_leader
 from scenarios import BackgroundScenarios
 
 from diskpaxos import direct
@@ -133,7 +132,7 @@ def test_release_when_the_holder_dies(other: str, sanlock_bin: str, sanlock_daem
     delay = time.monotonic() - t_kill
     assert delay < 1.0, f"R released {delay:.3f} s after its holder died"
     assert (freed.owner_id, freed.lver) == (1, held.lver), freed
-    assert sanlock_read_leader(sanlock_bin, area.res())["timestamp"] == 0  # the oracle agrees
+    assert sanlock_read_leader(sanlock_bin, "-r", area.res())["timestamp"] == 0  # the oracle agrees
     assert holder.wait(5) and holder.returncode == -signal.SIGKILL
     with h1.api() as c:
         assert c.status()["clients"] == []

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock, wait_for
+from oracle import DISKPAXOS, daemon_log, parse_host_status, read_area, sanlock, sanlock_read_leader, wait_for
 from oracle import sanlock_client as client
 from scenarios import BackgroundScenarios
 
@@ -184,24 +184,12 @@ def sanlock_try(sanlock_bin: str, daemon: Any, resource: str) -> int:
     return int(m[1])
 
 
-def read_leader(sanlock_bin: str, what: str, spec: str) -> dict[str, int]:
-    """``sanlock direct read_leader -r|-s SPEC``: the record as the real sanlock decodes it."""
-    got = sanlock(sanlock_bin, "direct", "read_leader", what, spec)
-    assert "read_leader done 0" in got.stdout, got
-    out = {}
-    for line in got.stdout.splitlines()[1:]:
-        key, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            out[key] = int(value, 0)
-    return out
-
-
 def res_leader(sanlock_bin: str, area: Area) -> dict[str, int]:
-    return read_leader(sanlock_bin, "-r", area.res())
+    return sanlock_read_leader(sanlock_bin, "-r", area.res())
 
 
 def delta_leader(sanlock_bin: str, area: Area, host_id: int) -> dict[str, int]:
-    return read_leader(sanlock_bin, "-s", area.ls(host_id))
+    return sanlock_read_leader(sanlock_bin, "-s", area.ls(host_id))
 
 
 def host_status(sanlock_bin: str, daemon: Any) -> dict[int, dict[str, str]]:
