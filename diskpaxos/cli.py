@@ -21,6 +21,7 @@ import click
 
 from . import direct, errors
 from .cli_daemon import register as register_daemon_commands
+from .cli_vm import register as register_vm_commands
 from .dump import header as dump_header
 from .dump import walk as dump_walk
 from .format import Geometry, LeaderRecord, MiB, c_name, check_name
@@ -506,6 +507,7 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
 
 
 register_daemon_commands(main, _Command, _Group)
+register_vm_commands(main, _Command, _Group)
 
 
 def mklockspace_main() -> None:

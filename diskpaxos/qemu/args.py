@@ -311,6 +311,11 @@ class _Graph:
         if isinstance(name, str) and name:
             self.by_name[name] = node
         driver = opts.get("driver")
+        if driver is None and isinstance(opts.get("filename"), str):  # QEMU picks the protocol from the name
+            protocol = _protocol_opts(opts["filename"], label, position)
+            if protocol is None:
+                return node  # network storage
+            opts, driver = {**opts, **protocol}, protocol["driver"]
         for key in DATA_CHILD_KEYS:
             node.data += self._children(opts.get(key), label, position, node.read_only)
         node.backing += self._children(opts.get(BACKING_KEY), label, position, node.read_only)
