@@ -157,7 +157,8 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
         for ls in r["lockspaces"]:
             click.echo(f"s {ls['lockspace']}:{ls['host_id']} generation {ls['generation']} {ls['state']}")
         for c in r["clients"]:
-            click.echo(f"p {c['pid']}{' fencing' if c['fencing'] else ''}")
+            name = f" {c['name']}" if c.get("name") else ""  # sanlock prints "p <pid> <owner name>"
+            click.echo(f"p {c['pid']}{name}{' fencing' if c['fencing'] else ''}")
             for lease in c["leases"]:
                 click.echo(f"r {lease} p {c['pid']}")
 

@@ -67,8 +67,10 @@ class Client:
     def inq_lockspace(self, lockspace: str) -> dict:
         return self.call("inq_lockspace", lockspace=lockspace)
 
-    def register(self, pid: int | None = None) -> dict:
-        return self.call("register", pid=pid)
+    def register(self, pid: int | None = None, name: str | None = None, info: str | None = None) -> dict:
+        """Register a process (default: ourselves); ``name`` is the owner name status shows (a VM's name),
+        ``info`` free text the front end keeps with it (the VM front end stores JSON)."""
+        return self.call("register", pid=pid, name=name, info=info)
 
     def set_killpath(self, argv: list[str], pid: int | None = None) -> dict:
         return self.call("set_killpath", argv=argv, pid=pid)

@@ -33,6 +33,8 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
+MAX_OWNER_NAME = 48  # sanlock's SANLK_NAME_LEN
+MAX_INFO = 16 * 1024
 FENCE_MARGIN = 0.5  # seconds kept between the last SIGKILL and the local lease expiry
 
 
@@ -48,6 +50,8 @@ class Client:
     killpath: list[str] | None = None
     killpath_cred: tuple[int, int] = (0, 0)  # (uid, gid) of whoever set the killpath: it runs as them
     fencing: bool = False
+    name: str = ""  # owner name, as sanlock's owner_name (libvirt passes the VM's name)
+    info: str = ""  # what the front end keeps with the process (the VM front end: JSON of its disks)
 
 
 def _key(res: ResourceArg) -> str:
@@ -120,10 +124,17 @@ class Manager:
 
     # --- clients ---------------------------------------------------------------------
 
-    def register(self, pid: int) -> Client:
+    def register(self, pid: int, name: str | None = None, info: str | None = None) -> Client:
+        """Track ``pid``; registering again only updates its name and info."""
+        if name is not None and len(name.encode()) > MAX_OWNER_NAME:
+            raise errors.UsageError(f"register: name is longer than {MAX_OWNER_NAME} bytes")
+        if info is not None and len(info.encode()) > MAX_INFO:
+            raise errors.UsageError(f"register: info is longer than {MAX_INFO} bytes")
         with self._lock:
             client = self.clients.get(pid)
             if client is not None:
+                client.name = client.name if name is None else name
+                client.info = client.info if info is None else info
                 return client
         if pid <= 0:
             raise DaemonError(f"pid {pid} is not a process id", code=-errno.EINVAL)
@@ -134,7 +145,7 @@ class Manager:
         except (OverflowError, OSError) as e:
             raise DaemonError(f"pid {pid}: cannot open a pidfd: {getattr(e, 'strerror', None) or e}",
                               code=-(getattr(e, "errno", None) or errno.EINVAL)) from None
-        client = Client(pid, pidfd)
+        client = Client(pid, pidfd, name=name or "", info=info or "")
         with self._lock:
             self.clients[pid] = client
         log.info("registered client pid %d", pid)
@@ -374,7 +385,8 @@ class Manager:
                 "lockspaces": [{"lockspace": ls.name, "host_id": ls.host_id, "generation": ls.generation,
                                 "state": ls.state.value, "valid": ls.valid, "io_timeout": ls.timeouts.io_timeout}
                                for ls in self.lockspaces.values()],
-                "clients": [{"pid": c.pid, "leases": [lease.state_string() for lease in c.leases.values()],
+                "clients": [{"pid": c.pid, "name": c.name, "info": c.info,
+                             "leases": [lease.state_string() for lease in c.leases.values()],
                              "fencing": c.fencing} for c in self.clients.values()],
             }
 

@@ -26,7 +26,7 @@ OPS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "add_lockspace": {"lockspace": (str, True), "io_timeout": (int, False), "host_name": (str, False)},
     "rem_lockspace": {"lockspace": (str, True)},
     "inq_lockspace": {"lockspace": (str, True)},
-    "register": {"pid": (int, False)},
+    "register": {"pid": (int, False), "name": (str, False), "info": (str, False)},
     "set_killpath": {"pid": (int, False), "argv": (list, True)},
     "acquire": {"pid": (int, False), "resources": (list, True)},
     "release": {"pid": (int, False), "resources": (list, False)},

@@ -203,7 +203,7 @@ class Daemon:
         if op == "inq_lockspace":
             return m.inq_lockspace(req["lockspace"])
         if op == "register":
-            client = m.register(pid)
+            client = m.register(pid, req.get("name"), req.get("info"))
             self.watch(client.pid, client.pidfd)
             return {"pid": client.pid}
         if op == "set_killpath":
