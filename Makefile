@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-compare sanlock clean
+.PHONY: venv demo test bench bench-compare sanlock qemu clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,17 @@ sanlock:
 	        sanlock python3-sanlock util-linux e2fsprogs strace >/dev/null; \
 	fi
 
-demo: venv
+# QEMU for the VM front end's tests and the demo, installed the same way (root, missing).
+qemu:
+	@if [ "$$(id -u)" = 0 ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
+	    echo "installing qemu-system-x86 from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; \
+	fi
+
+demo: venv qemu
 	DISKPAXOS=$(VENV)/bin/diskpaxos MKLOCKSPACE=$(VENV)/bin/mklockspace sh demo.sh
 
-test: venv sanlock
+test: venv sanlock qemu
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 bench: venv sanlock

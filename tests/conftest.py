@@ -92,6 +92,15 @@ def sanlock_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def qemu_bin() -> str:
+    """The real qemu-system-x86_64 (Debian's qemu-system-x86), for the VM front end's tests."""
+    path = shutil.which("qemu-system-x86_64")
+    if path is None:
+        unavailable("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
 def sanlock_python() -> str:
     """An interpreter that imports python3-sanlock (Debian's binding, for the system python)."""
     if not os.path.exists(SYSTEM_PYTHON):

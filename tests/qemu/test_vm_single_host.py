@@ -1,0 +1,189 @@
+"""One host, real QEMU: the VM lock manager's first promise, and what the admin sees.
+
+- VM A runs with extra.img; VM B with the same disk is refused in one line naming the
+  disk, A's name, pid and host, before QEMU exists (no QEMU process, no open of the
+  image); once A stops, B starts (scenario 1).
+- Leases live exactly as long as QEMU: ``vm run`` execs QEMU in its own pid, so the
+  daemon's holder *is* QEMU; killing whatever started it changes nothing, and the
+  lease goes the moment QEMU dies (scenario 4, management failure).
+- Shareable disks take a shared lease (two VMs run), a writable user is refused while
+  shareable users run; read-only disks take no lease (scenario 5).
+- Lease files are named and initialised exactly as libvirt's sanlock driver does, and
+  ``vm status`` shows VMs, disks, leases and lvers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from oracle import DISKPAXOS, run, wait_for
+from vm_hosts import QEMU, qemu_argv, raw_image, wait_gone
+
+from diskpaxos import direct
+
+pytestmark = pytest.mark.timeout(180)
+
+LS = "__LIBVIRT__DISKS__"
+
+
+def md5(path: str) -> str:
+    return hashlib.md5(path.encode()).hexdigest()
+
+
+def drive(path: Path, *extra: str) -> list[str]:
+    return ["-drive", ",".join([f"file={path}", "if=virtio", "format=raw", *extra])]
+
+
+def qemu_pids_with(path: Path) -> list[int]:
+    """QEMU processes that have ``path`` open (from /proc/*/fd)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if "qemu" not in exe:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    found.append(int(pid))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def test_second_start_is_refused_until_the_first_stops(vm_host, disk: Path, lease_dir: Path) -> None:
+    host = vm_host("h1", 1)
+    a = host.start("vmA", *drive(disk))
+    # the lease holder is QEMU itself: same pid, exec'd
+    assert a.cmdline().startswith(QEMU)
+    [lease] = host.held_by(a.pid)
+    assert lease == f"{LS}:{md5(str(disk))}:{lease_dir}/{md5(str(disk))}:0:1"
+
+    b = host.start("vmB", *drive(disk), wait=False)
+    rc = b.wait_exit(60)
+    lines = b.output().strip().splitlines()
+    assert rc != 0
+    host_name = next(h["name"] for h in host.daemon.api().host_status(LS) if h["host_id"] == 1)
+    assert lines == [f"diskpaxos: disk image {disk} is already in use by VM 'vmA' (pid {a.pid}) "
+                     f"on host ID 1 '{host_name}'"]
+    # QEMU never started for B: only A's QEMU has the image open
+    assert qemu_pids_with(disk) == [a.pid]
+
+    assert a.quit() == 0
+    wait_for(lambda: not host.held_by(a.pid), 10, "A's lease to go")
+    b2 = host.start("vmB", *drive(disk))
+    assert host.held_by(b2.pid) == [f"{LS}:{md5(str(disk))}:{lease_dir}/{md5(str(disk))}:0:2"]
+
+
+def test_lease_files_are_libvirts(vm_host, disk: Path, lease_dir: Path, sanlock_bin: str) -> None:
+    """The lockspace and lease files are what libvirt creates, as the real sanlock reads them."""
+    host = vm_host("h1", 1)
+    vm = host.start("vmA", *drive(disk))
+    lease_path = lease_dir / md5(str(disk))
+    assert sorted(p.name for p in lease_dir.iterdir()) == sorted([LS, md5(str(disk))])  # no temporary left
+    assert lease_path.stat().st_size == 1024 * 1024 and (lease_path.stat().st_mode & 0o777) == 0o600
+    dump = run([sanlock_bin, "direct", "dump", str(lease_path)]).stdout
+    assert f"{LS} {md5(str(disk))}" in " ".join(dump.split()), dump
+    ls = direct.read_leader(str(lease_dir / LS), 0, kind="lockspace", host_id=1, space_name=LS)
+    assert ls.error is None and ls.record.io_timeout == 1
+    vm.quit()
+
+
+def test_management_failure_keeps_the_lease_with_qemu(vm_host, disk: Path, tmp_path: Path) -> None:
+    """Whatever started the VM is killed and its state deleted: QEMU keeps its lease; a new start
+    fails; killing the orphaned QEMU frees the disk."""
+    host = vm_host("h1", 1)
+    qmp = tmp_path / "mgr.qmp"
+    state = tmp_path / "manager-state"
+    state.mkdir()
+    # a "management daemon": a shell that starts the VM in the background and records it
+    argv = host.vm_argv("--name", "vmA", "--", *qemu_argv(qmp, *drive(disk)))
+    manager = subprocess.Popen(["sh", "-c", '"$@" >"$STATE/vm.out" 2>&1 & echo $! >"$STATE/vm.pid"; sleep 600',
+                                "manager", *argv], env=dict(os.environ, STATE=str(state)),
+                               start_new_session=False)
+    try:
+        pid = int(wait_for(lambda: (state / "vm.pid").exists() and (state / "vm.pid").read_text().strip(), 30,
+                           "the manager to start the VM"))
+        wait_for(lambda: host.held_by(pid), 60, "the VM to hold its lease")
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(10)
+        for f in state.iterdir():
+            f.unlink()
+        state.rmdir()
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{pid}") and host.held_by(pid), "QEMU or its lease went with its manager"
+
+        again = host.start("vmA", *drive(disk), wait=False)
+        assert again.wait_exit(60) != 0
+        assert f"is already in use by VM 'vmA' (pid {pid})" in again.output()
+
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+        wait_for(lambda: not any(c["pid"] == pid for c in host.status()["clients"]), 10, "the orphan's lease to go")
+        ok = host.start("vmA", *drive(disk))
+        assert host.held_by(ok.pid)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(10)
+        pid_file = state / "vm.pid"
+        if pid_file.exists():  # the orphan, if the test failed before killing it
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+
+def test_shareable_and_readonly_disks(vm_host, disk: Path, tmp_path: Path, lease_dir: Path) -> None:
+    host = vm_host("h1", 1)
+    ro = raw_image(tmp_path / "iso.img")
+    shared_dev = ["-drive", f"file={disk},if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0,share-rw=on"]
+    s1 = host.start("s1", *shared_dev)
+    s2 = host.start("s2", *shared_dev)
+    name = md5(str(disk))
+    for vm in (s1, s2):
+        assert host.held_by(vm.pid) == [f"{LS}:{name}:{lease_dir}/{name}:0:SH"]
+    # a writable (exclusive) user is refused while shareable users run
+    w = host.start("writer", *drive(disk), wait=False)
+    assert w.wait_exit(60) != 0
+    out = w.output().strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"diskpaxos: disk image {disk} is already in use by VM 's"), out
+    assert "(shared)" in out[0]
+    # read-only disks take no lease, and do not block each other
+    r1 = host.start("r1", *drive(ro, "readonly=on"))
+    r2 = host.start("r2", *drive(ro, "readonly=on"))
+    assert host.held_by(r1.pid) == [] and host.held_by(r2.pid) == []
+    assert not (lease_dir / md5(str(ro))).exists()
+    # once the shareable users are gone the writer runs
+    s1.quit()
+    s2.quit()
+    wait_for(lambda: not host.held_by(s1.pid) and not host.held_by(s2.pid), 10, "shared leases to go")
+    w2 = host.start("writer", *drive(disk))
+    [held] = host.held_by(w2.pid)
+    assert held.startswith(f"{LS}:{name}:{lease_dir}/{name}:0:") and held.rsplit(":", 1)[1].isdigit()
+
+    # vm status shows it all
+    got = run([DISKPAXOS, "vm", "status", "--json", "--run-dir", host.run_dir])
+    assert got.returncode == 0, got
+    status = json.loads(got.stdout)
+    by_name = {v["name"]: v for v in status["vms"]}
+    assert set(by_name) >= {"writer", "r1", "r2"}
+    [d] = by_name["writer"]["disks"]
+    assert d["path"] == str(disk) and d["mode"] == "exclusive" and d["held"] and d["lver"] >= 1
+    [d] = by_name["r1"]["disks"]
+    assert d["readonly"] and d["lease"] is None
+    text = run([DISKPAXOS, "vm", "status", "--run-dir", host.run_dir]).stdout
+    assert f"VM 'writer' pid {w2.pid}" in text and f"disk {disk}: exclusive lease {LS}:{name} held, lver" in text
