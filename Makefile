@@ -28,9 +28,10 @@ sanlock:
 
 # QEMU for the VM front end's tests and the demo, installed the same way (root, missing).
 qemu:
-	@if [ "$$(id -u)" = 0 ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
-	    echo "installing qemu-system-x86 from Debian"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; \
+	@if [ "$$(id -u)" = 0 ] && { ! command -v qemu-system-x86_64 >/dev/null 2>&1 || \
+	    ! command -v qemu-img >/dev/null 2>&1; }; then \
+	    echo "installing qemu-system-x86 and qemu-utils from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null; \
 	fi
 
 demo: venv qemu

@@ -94,12 +94,19 @@ def qemu_main() -> None:
     """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = "diskpaxos-qemu"
+    emulator = os.environ.get(EMULATOR_ENV) or ""
     try:
-        emulator = os.environ.get(EMULATOR_ENV) or qemu_vm.find_emulator(exclude=sys.argv[0]
-                                                                          if os.path.exists(sys.argv[0]) else None)
+        if not emulator:
+            emulator = qemu_vm.find_emulator(exclude=sys.argv[0] if os.path.exists(sys.argv[0]) else None)
+        argv = [emulator, *sys.argv[1:]]
+        if not qemu_vm.needs_leases_check(argv[1:]):  # libvirt's probes (-version, -machine none ...): no disk
+            os.execv(emulator, argv)
         cfg = qemu_config.load(None)
-        plan = qemu_vm.prepare(cfg, [emulator, *sys.argv[1:]])
+        plan = qemu_vm.prepare(cfg, argv)
         qemu_vm.run(plan, cfg, None)
+    except OSError as e:
+        print(f"{prog}: {emulator}: cannot execute: {e.strerror}", file=sys.stderr)
+        sys.exit(1)
     except errors.DiskpaxosError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, errors.UsageError) else 1)

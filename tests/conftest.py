@@ -101,6 +101,15 @@ def qemu_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def qemu_img() -> str:
+    """The real qemu-img (Debian's qemu-utils), for images with backing files."""
+    path = shutil.which("qemu-img")
+    if path is None:
+        unavailable("qemu-img is not installed (apt-get install qemu-utils)")
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
 def sanlock_python() -> str:
     """An interpreter that imports python3-sanlock (Debian's binding, for the system python)."""
     if not os.path.exists(SYSTEM_PYTHON):

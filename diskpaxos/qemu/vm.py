@@ -85,6 +85,11 @@ def prepare(config: QemuConfig, argv: list[str], name: str | None = None, explic
     return VMPlan(vm, command, disks, planned, incoming, list(explicit or []))
 
 
+def needs_leases_check(qemu_args: list[str]) -> bool:
+    """Whether a command line can touch a disk or wait for a migration: if not, no config or daemon is needed."""
+    return bool(find_disks(qemu_args) or option_values(qemu_args, "-incoming"))
+
+
 def _name_from_disks(disks: list[Disk]) -> str | None:
     return os.path.basename(disks[0].path)[:MAX_NAME] if disks else None
 
@@ -209,5 +214,5 @@ def run(plan: VMPlan, config: QemuConfig, run_dir: str | None) -> None:
         raise errors.DiskpaxosError(f"{plan.argv[0]}: cannot execute: {e.strerror}") from None
 
 
-__all__ = ["VMPlan", "DiskBusyError", "prepare", "ensure_joined", "acquire", "describe_holder", "find_emulator",
+__all__ = ["VMPlan", "DiskBusyError", "prepare", "needs_leases_check", "ensure_joined", "acquire", "describe_holder", "find_emulator",
            "run", "INFO_KIND"]

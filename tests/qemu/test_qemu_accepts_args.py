@@ -12,18 +12,15 @@ as QEMU does.
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,30 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))  # qemu
 from qemu_cmdlines import REAL_CASES, Case  # noqa: E402
 
 from diskpaxos.qemu.args import find_disks  # noqa: E402
-
-
-def _tests_conftest() -> Any:
-    """tests/conftest.py, for unavailable(): ``import conftest`` here finds tests/qemu/conftest.py."""
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("diskpaxos_tests_conftest", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-unavailable = _tests_conftest().unavailable
+from diskpaxos.qemu.qmp import QMP, QMPError  # noqa: E402
 
 PROTOCOL_DRIVERS = ("file", "host_device", "host_cdrom")
 DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module")
-def qemu_system() -> str:
-    """The real qemu-system-x86_64 and qemu-img (Debian's qemu-system-x86, qemu-utils)."""
-    path = shutil.which("qemu-system-x86_64")
-    if path is None or shutil.which("qemu-img") is None:
-        unavailable("qemu-system-x86_64 or qemu-img is not installed (apt-get install qemu-system-x86 qemu-utils)")
-    return path  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -68,7 +45,7 @@ def short_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def make_images(d: str, case: Case) -> None:
+def make_images(d: str, case: Case, qemu_img: str) -> None:
     for name, kind in case.images:
         path = os.path.join(d, name)
         if kind == "raw":
@@ -76,42 +53,10 @@ def make_images(d: str, case: Case) -> None:
                 f.truncate(1024 * 1024)
             continue
         backing = kind.partition(":")[2]
-        cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        cmd = [qemu_img, "create", "-q", "-f", "qcow2"]
         if backing:
             cmd += ["-b", os.path.join(d, backing), "-F", "qcow2"]
         subprocess.run([*cmd, path, "1M"], check=True, capture_output=True, timeout=30)
-
-
-class QMP:
-    """Just enough QMP for one query session; events are skipped."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(DEADLINE)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rw")
-        self._reply()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _reply(self) -> dict[str, Any]:
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise ConnectionError("QEMU closed the QMP socket")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def execute(self, command: str) -> Any:
-        self.file.write(json.dumps({"execute": command}) + "\n")
-        self.file.flush()
-        reply = self._reply()
-        assert "error" not in reply, f"{command}: {reply['error']}"
-        return reply["return"]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def qemu_block_graph(qemu: str, argv: list[str], machine: str, d: str) -> tuple[list, dict, list, set[str]]:
@@ -128,14 +73,12 @@ def qemu_block_graph(qemu: str, argv: list[str], machine: str, d: str) -> tuple[
                 pytest.fail(f"QEMU refused the command line: {proc.stderr.read().decode().strip()}", pytrace=False)
             assert time.monotonic() < deadline, "QEMU did not open its QMP socket"
             time.sleep(0.02)
-        qmp = QMP(sock)
-        try:
+        with QMP(sock, timeout=DEADLINE) as qmp:
             graph = qmp.execute("x-debug-query-block-graph")
             named = {n["node-name"]: n for n in qmp.execute("query-named-block-nodes")}
             devices = {b["device"] or b["qdev"] for b in qmp.execute("query-block") if b.get("qdev")}
-            qmp.execute("quit")
-        finally:
-            qmp.close()
+            with contextlib.suppress(QMPError):  # QEMU may close the socket before it answers
+                qmp.execute("quit")
         proc.wait(timeout=DEADLINE)
         return graph["nodes"], named, graph["edges"], devices
     finally:
@@ -180,10 +123,10 @@ def qemu_view(nodes: list, named: dict, edges: list, devices: set[str]) -> dict[
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CASES))
-def test_qemu_opens_what_find_disks_reports(name: str, qemu_system: str, short_dir: str) -> None:
+def test_qemu_opens_what_find_disks_reports(name: str, qemu_bin: str, qemu_img: str, short_dir: str) -> None:
     case = REAL_CASES[name]
-    make_images(short_dir, case)
+    make_images(short_dir, case, qemu_img)
     argv, expected = case.expand(short_dir)
     ours = {d.path: (d.readonly, d.shared) for d in find_disks(argv)}
     assert ours == {path: (ro, sh) for path, ro, sh, _ in expected}
-    assert qemu_view(*qemu_block_graph(qemu_system, argv, case.machine, short_dir)) == ours
+    assert qemu_view(*qemu_block_graph(qemu_bin, argv, case.machine, short_dir)) == ours
