@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 sanlock:
 	@if [ "$$(id -u)" = 0 ] && { ! command -v sanlock >/dev/null 2>&1 || \
 	    ! dpkg -s python3-sanlock >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1 || \
-	    ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; }; then \
-	    echo "installing sanlock, python3-sanlock, util-linux, e2fsprogs and strace from Debian"; \
+	    ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1 || \
+	    ! command -v fio >/dev/null 2>&1; }; then \
+	    echo "installing sanlock, python3-sanlock, util-linux, e2fsprogs, strace and fio from Debian"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        sanlock python3-sanlock util-linux e2fsprogs strace >/dev/null; \
+	        sanlock python3-sanlock util-linux e2fsprogs strace fio >/dev/null; \
 	fi
 
 # QEMU for the VM front end's tests and the demo, installed the same way (root, missing).
@@ -44,10 +45,13 @@ bench: venv sanlock
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only -p no:xdist
 
-# side by side with a live sanlock daemon (root: loop devices); results kept under benchmarks/results
+# side by side with live sanlock and diskpaxos daemons on file, 512 B and 4K loop devices and tmpfs
+# (root); the results are kept under benchmarks/results
 bench-compare: venv sanlock
-	$(PY) benchmarks/renewal_compare.py --json benchmarks/results/renewal.json
-	$(PY) benchmarks/acquire_compare.py --json benchmarks/results/acquire.json
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/diskpaxos bench compare --output benchmarks/results/compare.json \
+	    --plot benchmarks/results/compare.png > benchmarks/results/compare.txt
+	cat benchmarks/results/compare.txt
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import direct, errors
+from .cli_bench import register as register_bench_commands
 from .cli_daemon import register as register_daemon_commands
 from .cli_vm import register as register_vm_commands
 from .dump import header as dump_header
@@ -506,6 +507,7 @@ def mklockspace(path: str, name: str, sector_size: str, align: str, offset: str,
         click.echo(f"  replaced          {result.replaced}")
 
 
+register_bench_commands(main, _Command, _Group)
 register_daemon_commands(main, _Command, _Group)
 register_vm_commands(main, _Command, _Group)
 

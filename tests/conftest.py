@@ -120,6 +120,26 @@ def sanlock_python() -> str:
     return SYSTEM_PYTHON
 
 
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed (apt-get install {package}; make sanlock does)")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def fio_bin() -> str:
+    """fio: the independent measure of the I/O ``bench storage`` times."""
+    return _tool("fio", "fio")
+
+
+@pytest.fixture(scope="session")
+def strace_bin() -> str:
+    """strace: ``bench compare`` times sanlock's renewals with it."""
+    return _tool("strace", "strace")
+
+
 @pytest.fixture
 def ramfs_file(tmp_path: Path) -> Iterator[Path]:
     """A file on a private ramfs mount, which refuses O_DIRECT at open (EINVAL).
