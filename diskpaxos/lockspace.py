@@ -150,9 +150,11 @@ class Lease:
 
     def _release(self, everyone: bool) -> None:
         """Release our hold; the on-disk record goes with the last local holder (or ``everyone``)."""
-        if self.released and not (everyone and self.share.count > 0):
-            return
         with self.lockspace._lock:
+            if self.share.count == 0 or (self.released and not everyone):
+                # the on-disk record is gone or going (a client's exit and leave() may race here)
+                self.released = True
+                return
             if self.share.count > 1 and not everyone:  # other local holders still share the on-disk record
                 self.share.count -= 1
                 self.released = True
@@ -411,7 +413,10 @@ class Lockspace:
                             self.host_id)
             else:
                 for held in self.leases():
-                    held._release(everyone=True)
+                    try:
+                        held._release(everyone=True)
+                    except errors.DiskpaxosError as e:  # the others, and our host id, are still released
+                        log.error("%s:%d release of %s failed: %s", self.name, self.host_id, held.state_string(), e)
                 delta_lease.release(self.storage, self.lease)
                 log.info("%s:%d released host_id (generation %d)", self.name, self.host_id, self.generation)
         except errors.DiskpaxosError as e:
