@@ -45,6 +45,9 @@ def _losetup_attach(backing: Path, sector_size: int) -> str:
 
 
 def _losetup_detach(device: str) -> None:
+    """Detach, read-write again first: a loop device's read-only flag outlives the detach, and the
+    next test to attach that device node would find it read-only (``blockdev --setro`` tests)."""
+    subprocess.run(["blockdev", "--setrw", device], check=False, capture_output=True, timeout=30)
     subprocess.run(["losetup", "-d", device], check=False, capture_output=True, timeout=30)
 
 
