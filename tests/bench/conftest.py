@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -48,7 +47,3 @@ def world_file() -> Iterator[Path]:
         f.truncate(32 * MiB)
     yield path
     shutil.rmtree(d, ignore_errors=True)
-
-
-def set_read_only(device: str) -> None:
-    subprocess.run(["blockdev", "--setro", device], check=True, capture_output=True, timeout=30)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bench_helpers import read_only
 from cli_helpers import MiB, assert_one_line_error, digest, dp, patch, rewrite_leader, run, run_as_nobody
-from conftest import set_read_only
 
 
 def bench(path: object, *args: str) -> object:
@@ -75,8 +75,8 @@ def test_too_small_a_4k_device(loop_device: Callable[..., str]) -> None:
 @pytest.mark.loop
 def test_read_only_device(loop_device: Callable[..., str]) -> None:
     device = loop_device(512, 16 * MiB)
-    set_read_only(device)
-    refused(device, 1, device, "cannot open for writing", "the benchmark writes its scratch area")
+    with read_only(device):
+        refused(device, 1, device, "cannot open for writing", "the benchmark writes its scratch area")
 
 
 def test_read_only_mount(readonly_mount: Path, tmp_path: Path) -> None:
