@@ -236,3 +236,10 @@ def test_load_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load(str(path))
     assert str(e.value) == f"{path}: cannot read config: not UTF-8 text (invalid start byte)"
+
+
+def test_the_sample_config_in_contrib_loads() -> None:
+    sample = Path(__file__).resolve().parents[2] / "contrib" / "qemu.conf"
+    c = load(str(sample))
+    assert (c.host_id, c.auto_disk_leases, c.disk_lease_dir, c.require_lease_for_disks, c.io_timeout) == \
+        (1, True, "/var/lib/libvirt/sanlock", False, 0)
