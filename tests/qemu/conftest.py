@@ -25,11 +25,12 @@ def lease_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def vm_host(tmp_path: Path, lease_dir: Path, qemu_bin: str) -> Iterator[Callable[..., VMHost]]:
-    """Factory: ``vm_host(name, host_id, **qemu_conf)``: one more host; its VMs and daemon are stopped
+    """Factory: ``vm_host(name, host_id, daemon_config=None, **qemu_conf)``: one more host; its VMs and daemon are stopped
     by pid after the test, VMs first."""
     with contextlib.ExitStack() as stack:
-        def start(name: str, host_id: int, **settings: object) -> VMHost:
-            host = VMHost(tmp_path, name, host_id, lease_dir, **settings)
+        def start(name: str, host_id: int, daemon_config: dict[str, object] | None = None,
+                  **settings: object) -> VMHost:
+            host = VMHost(tmp_path, name, host_id, lease_dir, daemon_config, **settings)
             stack.callback(host.stop)
             return host
 

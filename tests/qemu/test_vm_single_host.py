@@ -27,6 +27,9 @@ from oracle import DISKPAXOS, run, wait_for
 from vm_hosts import QEMU, qemu_argv, raw_image, wait_gone
 
 from diskpaxos import direct
+from diskpaxos.timeouts import Timeouts
+
+T = Timeouts(1)  # warn 6 s, fail 8 s after the last good renewal
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -187,3 +190,25 @@ def test_shareable_and_readonly_disks(vm_host, disk: Path, tmp_path: Path, lease
     assert d["readonly"] and d["lease"] is None
     text = run([DISKPAXOS, "vm", "status", "--run-dir", host.run_dir]).stdout
     assert f"VM 'writer' pid {w2.pid}" in text and f"disk {disk}: exclusive lease {LS}:{name} held, lver" in text
+
+
+def test_storage_lost_kills_the_vm_before_its_lease_expires(vm_host, disk: Path, tmp_path: Path) -> None:
+    """Every lease I/O of the host fails from a trigger on (a fault plan in the daemon): the daemon
+    fences the VM's QEMU from the warning point (6 x io_timeout after the last good renewal),
+    before the lease expires locally (8 x io_timeout), as sanlock kills libvirt's QEMU."""
+    trigger = tmp_path / "pull-the-plug"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"trigger": str(trigger), "seed": 0,
+                                "faults": [{"kind": "error", "op": "read"}, {"kind": "error", "op": "write"}]}))
+    host = vm_host("h1", 1, daemon_config={"fault_plan": str(plan)})
+    vm = host.start("vmA", *drive(disk))
+    with host.daemon.api() as c:
+        wait_for(lambda: len(c.renewal(LS)) >= 2, 30, "two renewals")
+        trigger.touch()
+        # the on-disk timestamp of the last good renewal: whole seconds of CLOCK_MONOTONIC
+        last = max(r["timestamp"] for r in c.renewal(LS) if r["ok"])
+    rc = vm.wait_exit(30)
+    died = time.monotonic()
+    # QEMU exits 0 on SIGTERM and says who sent it: the daemon's fencing, not the watchdog's SIGKILL at expiry
+    assert rc == 0 and f"terminating on signal 15 from pid {host.daemon.pid}" in vm.output(), (rc, vm.output())
+    assert T.id_renewal_warn <= died - last < T.id_renewal_fail, died - last

@@ -56,11 +56,12 @@ def raw_image(path: Path, size: int = 4 * 1024 * 1024) -> Path:
 class VMHost:
     """One host: a diskpaxos daemon and the qemu.conf that says its host_id and lease dir."""
 
-    def __init__(self, workdir: Path, name: str, host_id: int, lease_dir: Path, **settings: object) -> None:
+    def __init__(self, workdir: Path, name: str, host_id: int, lease_dir: Path,
+                 daemon_config: dict[str, object] | None = None, **settings: object) -> None:
         self.name = name
         self.host_id = host_id
         self.lease_dir = lease_dir
-        self.daemon = DiskpaxosDaemon(workdir, name)
+        self.daemon = DiskpaxosDaemon(workdir, name, **(daemon_config or {}))
         self.config = workdir / f"{name}-qemu.conf"
         conf = {"host_id": host_id, "auto_disk_leases": 1, "disk_lease_dir": str(lease_dir), "io_timeout": 1,
                 **settings}
