@@ -129,6 +129,9 @@ def migrate(source_qmp: str, destination_qmp: str, *, uri: str | None = None, so
             m.step(f"destination could not acquire: {e}")
             _roll_back(src, dst, src_daemon, released, src_state, m, e)
             raise AssertionError("unreachable")  # _roll_back always raises
+        # the destination is now the VM: no longer an incoming one (what vm status shows)
+        dst_daemon.register(pid=m.destination_pid, info=json.dumps({**dst_info, "incoming": None},
+                                                                   separators=(",", ":")))
         if src_state == "running":
             dst.execute("cont")
         m.leases = taken

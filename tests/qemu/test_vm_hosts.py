@@ -110,6 +110,8 @@ def test_live_migration_hands_the_lease_over(vm_host, disk: Path, tmp_path: Path
     with dst.qmp() as q:
         assert q.status() == "running"
     assert h2.held_by(dst.pid) == [f"{lease_of(disk, h1.lease_dir)}:{lver + 1}"]
+    status = run([DISKPAXOS, "vm", "status", "--run-dir", h2.run_dir]).stdout
+    assert f"VM 'vmA' pid {dst.pid}\n" in status and f"held, lver {lver + 1}" in status, status
     # never two holders; the source held it first, the destination last
     assert samples and all(len(holders) <= 1 for _, holders in samples), \
         [s for s in samples if len(s[1]) > 1][:3]
