@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -210,6 +211,8 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
             plot.require()
         options = compare.Options(storage=kinds or compare.KINDS, leases=leases, rounds=rounds, kills=kills,
                                   renewal_seconds=renewal_seconds, dir=work_dir)
+        # SIGTERM (a CI timeout, kill PID) must still stop the daemons and detach the loop devices
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         result = with_progress(progress, lambda bar: compare.run(options, progress=bar))
         report = result.to_json()
         if output:
@@ -220,8 +223,10 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
             panels = {compare.METRICS[name]: {kind: r.samples.get(name, {}) for kind, r in result.kinds.items()}
                       for name in ("renewal_wall_ms", "acquire_release_ms", "release_on_exit_ms")}
             m = report["machine"]
+            ratios = {kind: {report["metrics"][name]: row["diskpaxos_vs_sanlock"] for name, row in k["metrics"].items()}
+                      for kind, k in report["storage"].items()}
             plot.compare(plot_path, panels, f"diskpaxos {m['diskpaxos']} beside sanlock {m['sanlock']} and the "
-                                            f"raw I/O floor ({m['cpus']} CPUs, kernel {m['kernel']})")
+                                            f"raw I/O floor ({m['cpus']} CPUs, kernel {m['kernel']})", ratios)
         if as_json:
             click.echo(json.dumps(report, indent=2))
         else:
