@@ -370,7 +370,7 @@ def test_status_host_status_renewal_metrics(dp_daemon: Callable[..., DiskpaxosDa
         {"lockspace": LS, "host_id": 1, "generation": gen1, "state": "joined", "valid": True, "io_timeout": IO},
         {"lockspace": "LS2", "host_id": 1, "generation": gen1b, "state": "joined", "valid": True,
          "io_timeout": IO}]
-    assert st["clients"] == [{"pid": holder.pid, "leases": [lease], "fencing": False}]
+    assert st["clients"] == [{"pid": holder.pid, "name": "", "info": "", "leases": [lease], "fencing": False}]
     text = h1.cli("status").stdout.splitlines()
     assert f"s {LS}:1 generation {gen1} joined" in text and f"p {holder.pid}" in text, text
     assert f"r {lease} p {holder.pid}" in text, text
