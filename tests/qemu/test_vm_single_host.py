@@ -212,3 +212,34 @@ def test_storage_lost_kills_the_vm_before_its_lease_expires(vm_host, disk: Path,
     # QEMU exits 0 on SIGTERM and says who sent it: the daemon's fencing, not the watchdog's SIGKILL at expiry
     assert rc == 0 and f"terminating on signal 15 from pid {host.daemon.pid}" in vm.output(), (rc, vm.output())
     assert T.id_renewal_warn <= died - last < T.id_renewal_fail, died - last
+
+
+def test_libvirt_style_blockdev_command_line(vm_host, disk: Path, tmp_path: Path, lease_dir: Path,
+                                             qemu_img: str) -> None:
+    """A command line as libvirt 9 writes it (JSON -blockdev file + format nodes, JSON -device): the
+    top image is leased, its qcow2 backing file is not, a read-only cdrom is not."""
+    host = vm_host("h1", 1)
+    base, top, iso = tmp_path / "base.qcow2", tmp_path / "top.qcow2", raw_image(tmp_path / "cd.iso")
+    for args in (["create", "-q", "-f", "qcow2", str(base), "4M"],
+                 ["create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top)]):
+        subprocess.run([qemu_img, *args], check=True, timeout=30)
+    nodes = [
+        {"driver": "file", "filename": str(base), "node-name": "libvirt-3-storage", "auto-read-only": True},
+        {"node-name": "libvirt-3-format", "read-only": True, "driver": "qcow2", "file": "libvirt-3-storage"},
+        {"driver": "file", "filename": str(top), "node-name": "libvirt-2-storage", "auto-read-only": True},
+        {"node-name": "libvirt-2-format", "read-only": False, "driver": "qcow2", "file": "libvirt-2-storage",
+         "backing": "libvirt-3-format"},
+        {"driver": "file", "filename": str(iso), "node-name": "libvirt-1-storage", "auto-read-only": True},
+        {"node-name": "libvirt-1-format", "read-only": True, "driver": "raw", "file": "libvirt-1-storage"},
+    ]
+    args: list[str] = []
+    for node in nodes:
+        args += ["-blockdev", json.dumps(node)]
+    args += ["-device", json.dumps({"driver": "virtio-blk-pci", "drive": "libvirt-2-format", "id": "virtio-disk0"}),
+             "-device", json.dumps({"driver": "ide-cd", "bus": "ide.0", "drive": "libvirt-1-format", "id": "sata0"})]
+    vm = host.start("lv", *args)
+    assert host.held_by(vm.pid) == [f"{LS}:{md5(str(top))}:{lease_dir}/{md5(str(top))}:0:1"]
+    assert sorted(p.name for p in lease_dir.iterdir()) == sorted([LS, md5(str(top))])
+    with vm.qmp() as q:
+        opened = {b["inserted"]["file"] for b in q.execute("query-block") if b.get("inserted")}
+    assert str(top) in opened  # QEMU really runs with that disk
