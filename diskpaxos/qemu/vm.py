@@ -82,6 +82,12 @@ def prepare(config: QemuConfig, argv: list[str], name: str | None = None, explic
     if len(vm.encode()) > MAX_NAME:
         raise errors.UsageError(f"VM name {vm!r} is longer than {MAX_NAME} bytes")
     planned = lease_plan.plan(config, disks, list(explicit or []))
+    for pl in planned:
+        if pl.disk is not None and not os.path.isabs(pl.disk):
+            # the lease is named by the path string: "disk.img" here and "/srv/disk.img" elsewhere
+            # would be two leases for one image, i.e. no protection (libvirt only has absolute paths)
+            raise errors.UsageError(f"disk image {pl.disk!r} is a relative path: give its absolute path, "
+                                    "the same on every host (its lease is named by the path as written)")
     return VMPlan(vm, command, disks, planned, incoming, list(explicit or []))
 
 

@@ -90,6 +90,8 @@ def test_bad_config(vm_host, disk: Path, lease_dir: Path, tmp_path: Path, conf: 
     (["--name", "x" * 49], [], 2, "longer than 48 bytes"),
     ([], ["-readconfig", "/etc/vm.cfg"], 2, "-readconfig"),
     (["--incoming", "defer"], ["-incoming", "tcp:0:4444"], 2, "-incoming"),
+    ([], ["-drive", "file=relative.img,if=virtio,format=raw"], 2,
+     "disk image 'relative.img' is a relative path: give its absolute path"),
 ])
 def test_bad_arguments(vm_host, disk: Path, lease_dir: Path, tmp_path: Path, extra: list[str],
                        qemu_extra: list[str], code: int, message: str) -> None:
