@@ -97,19 +97,13 @@ def sanlock_bin() -> str:
 @pytest.fixture(scope="session")
 def qemu_bin() -> str:
     """The real qemu-system-x86_64 (Debian's qemu-system-x86), for the VM front end's tests."""
-    path = shutil.which("qemu-system-x86_64")
-    if path is None:
-        unavailable("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
-    return path  # type: ignore[return-value]
+    return _tool("qemu-system-x86_64", "qemu-system-x86")
 
 
 @pytest.fixture(scope="session")
 def qemu_img() -> str:
     """The real qemu-img (Debian's qemu-utils), for images with backing files."""
-    path = shutil.which("qemu-img")
-    if path is None:
-        unavailable("qemu-img is not installed (apt-get install qemu-utils)")
-    return path  # type: ignore[return-value]
+    return _tool("qemu-img", "qemu-utils")
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +120,7 @@ def sanlock_python() -> str:
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
-        unavailable(f"{name} is not installed (apt-get install {package}; make sanlock does)")
+        unavailable(f"{name} is not installed (apt-get install {package}; make test installs it when root)")
     assert path is not None
     return path
 

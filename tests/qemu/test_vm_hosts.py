@@ -196,11 +196,7 @@ def test_libvirt_sanlock_host_and_diskpaxos_host_exclude_each_other(vm_host, dis
              "sanlock to drop the dead holder")
     vm = h2.start("vmA", *drive(disk))
     assert h2.held_by(vm.pid)
-    code, _ = sanlock_try(sanlock_bin, sl, resource)
-    assert code == SANLK_ACQUIRE_IDLIVE
-    vm.quit()
-    code, _ = sanlock_try(sanlock_bin, sl, resource)
-    assert code == 0
+    sanlock_refused_while_vm_runs(sanlock_bin, sl, resource, vm)
     sanlock_client(sanlock_bin, sl, "rem_lockspace", "-s", f"{LS}:1:{lease_dir}/{LS}:0", timeout=30)
 
 
@@ -213,13 +209,17 @@ def test_diskpaxos_created_files_serve_a_sanlock_host(vm_host, disk: Path, lease
     sl = sanlock_daemon(host_name="libvirt-host-2")
     got = sanlock_client(sanlock_bin, sl, "add_lockspace", "-s", f"{LS}:2:{lease_dir}/{LS}:0", "-o", "1")
     assert got.returncode == 0, got
-    resource = lease_of(disk, lease_dir)
+    sanlock_refused_while_vm_runs(sanlock_bin, sl, lease_of(disk, lease_dir), vm)
+    sanlock_client(sanlock_bin, sl, "rem_lockspace", "-s", f"{LS}:2:{lease_dir}/{LS}:0", timeout=30)
+
+
+def sanlock_refused_while_vm_runs(sanlock_bin: str, sl, resource: str, vm) -> None:  # type: ignore[no-untyped-def]
+    """sanlock's acquire of the VM's disk lease fails (-243) while the VM runs, and succeeds once it quit."""
     code, _ = sanlock_try(sanlock_bin, sl, resource)
     assert code == SANLK_ACQUIRE_IDLIVE
-    vm.quit()
+    assert vm.quit() == 0
     code, _ = sanlock_try(sanlock_bin, sl, resource)
     assert code == 0
-    sanlock_client(sanlock_bin, sl, "rem_lockspace", "-s", f"{LS}:2:{lease_dir}/{LS}:0", timeout=30)
 
 
 def sanlock_client_command(sanlock_bin: str, daemon, resource: str):  # type: ignore[no-untyped-def]
