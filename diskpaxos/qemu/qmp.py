@@ -27,16 +27,24 @@ class QMPError(errors.DiskpaxosError):
 
 
 class QMP:
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, connect_wait: float = 0.0) -> None:
+        """``connect_wait``: seconds to keep retrying while the socket is missing or not listening yet
+        (QEMU creates the socket file a moment before it listens on it)."""
         self.path = path
         self.events: list[dict[str, Any]] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError as e:
-            self.sock.close()
-            raise QMPError(socket=path, reason=f"cannot connect: {e.strerror or e}") from None
+        give_up = time.monotonic() + connect_wait
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(path)
+                break
+            except OSError as e:
+                self.sock.close()
+                if isinstance(e, (FileNotFoundError, ConnectionRefusedError)) and time.monotonic() < give_up:
+                    time.sleep(0.02)
+                    continue
+                raise QMPError(socket=path, reason=f"cannot connect: {e.strerror or e}") from None
         self.file = self.sock.makefile("rb")
         greeting = self._read()
         if "QMP" not in greeting:

@@ -73,7 +73,7 @@ def qemu_block_graph(qemu: str, argv: list[str], machine: str, d: str) -> tuple[
                 pytest.fail(f"QEMU refused the command line: {proc.stderr.read().decode().strip()}", pytrace=False)
             assert time.monotonic() < deadline, "QEMU did not open its QMP socket"
             time.sleep(0.02)
-        with QMP(sock, timeout=DEADLINE) as qmp:
+        with QMP(sock, timeout=DEADLINE, connect_wait=DEADLINE) as qmp:  # the file exists before QEMU listens
             graph = qmp.execute("x-debug-query-block-graph")
             named = {n["node-name"]: n for n in qmp.execute("query-named-block-nodes")}
             devices = {b["device"] or b["qdev"] for b in qmp.execute("query-block") if b.get("qdev")}

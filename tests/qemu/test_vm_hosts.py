@@ -52,6 +52,7 @@ def test_vm_on_host1_blocks_host2_until_it_stops(vm_host, disk: Path) -> None:
     [line] = b.output().strip().splitlines()
     assert line.startswith(f"diskpaxos: disk image {disk} is already in use on host ID 1 '{h1_name}' "), line
     assert a.quit() == 0
+    wait_for(lambda: not h1.held_by(a.pid), 10, "host 1 to release A's lease")
     b2 = h2.start("vmA", *drive(disk))
     assert h2.held_by(b2.pid)[0].startswith(lease_of(disk, h2.lease_dir) + ":")
 
@@ -196,7 +197,7 @@ def test_libvirt_sanlock_host_and_diskpaxos_host_exclude_each_other(vm_host, dis
              "sanlock to drop the dead holder")
     vm = h2.start("vmA", *drive(disk))
     assert h2.held_by(vm.pid)
-    sanlock_refused_while_vm_runs(sanlock_bin, sl, resource, vm)
+    sanlock_refused_while_vm_runs(sanlock_bin, sl, resource, h2, vm)
     sanlock_client(sanlock_bin, sl, "rem_lockspace", "-s", f"{LS}:1:{lease_dir}/{LS}:0", timeout=30)
 
 
@@ -209,15 +210,18 @@ def test_diskpaxos_created_files_serve_a_sanlock_host(vm_host, disk: Path, lease
     sl = sanlock_daemon(host_name="libvirt-host-2")
     got = sanlock_client(sanlock_bin, sl, "add_lockspace", "-s", f"{LS}:2:{lease_dir}/{LS}:0", "-o", "1")
     assert got.returncode == 0, got
-    sanlock_refused_while_vm_runs(sanlock_bin, sl, lease_of(disk, lease_dir), vm)
+    sanlock_refused_while_vm_runs(sanlock_bin, sl, lease_of(disk, lease_dir), h1, vm)
     sanlock_client(sanlock_bin, sl, "rem_lockspace", "-s", f"{LS}:2:{lease_dir}/{LS}:0", timeout=30)
 
 
-def sanlock_refused_while_vm_runs(sanlock_bin: str, sl, resource: str, vm) -> None:  # type: ignore[no-untyped-def]
-    """sanlock's acquire of the VM's disk lease fails (-243) while the VM runs, and succeeds once it quit."""
+def sanlock_refused_while_vm_runs(sanlock_bin: str, sl, resource: str, host, vm) -> None:  # type: ignore[no-untyped-def]
+    """sanlock's acquire of the VM's disk lease fails (-243) while the VM runs, and succeeds once it quit
+    and its daemon released the lease (the daemon sees the exit through a pidfd, a few ms later)."""
     code, _ = sanlock_try(sanlock_bin, sl, resource)
     assert code == SANLK_ACQUIRE_IDLIVE
     assert vm.quit() == 0
+    wait_for(lambda: not any(c["pid"] == vm.pid for c in host.status()["clients"]), 10,
+             "the daemon to release the VM's lease")
     code, _ = sanlock_try(sanlock_bin, sl, resource)
     assert code == 0
 
