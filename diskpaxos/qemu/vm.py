@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 
 from .. import errors
 from ..client import Client, DaemonError
 from ..lease_strings import parse_resource
+from ..timeouts import DEFAULT_IO_TIMEOUT, Timeouts
 from . import leases as lease_plan
 from .args import Disk, find_disks, option_values, vm_name
 from .config import QemuConfig
@@ -120,8 +122,23 @@ def ensure_joined(client: Client, config: QemuConfig) -> None:
     try:
         client.add_lockspace(str(lease_plan.lockspace_arg(config)), io_timeout=config.io_timeout or None)
     except DaemonError as e:
-        if e.code != -errno.EEXIST:  # another vm run joined it meanwhile
+        if e.code != -errno.EEXIST:
             raise
+        _wait_joined(client, config)  # another vm run is joining it: wait for that join, as libvirt does
+
+
+def _wait_joined(client: Client, config: QemuConfig) -> None:
+    """Until the join another process started has finished (bounded by the longest a join may take)."""
+    timeouts = Timeouts(config.io_timeout or DEFAULT_IO_TIMEOUT)
+    give_up = time.monotonic() + timeouts.delta_acquire_held_wait + timeouts.delta_short_delay + 4 * timeouts.io_timeout
+    while True:
+        try:
+            client.inq_lockspace(str(lease_plan.lockspace_arg(config)))
+            return
+        except DaemonError as e:
+            if e.code != -errno.ENOSPC or time.monotonic() > give_up:
+                raise
+        time.sleep(0.1)
 
 
 def acquire(plan: VMPlan, config: QemuConfig, client: Client, pid: int) -> list[str]:

@@ -243,3 +243,15 @@ def test_libvirt_style_blockdev_command_line(vm_host, disk: Path, tmp_path: Path
     with vm.qmp() as q:
         opened = {b["inserted"]["file"] for b in q.execute("query-block") if b.get("inserted")}
     assert str(top) in opened  # QEMU really runs with that disk
+
+
+def test_first_vms_on_a_host_start_together(vm_host, tmp_path: Path) -> None:
+    """Three VMs started at once on a host that has not joined the lockspace yet: one joins, the
+    others wait for that join (the daemon says EEXIST while it runs) instead of failing."""
+    host = vm_host("h1", 1)
+    disks = [raw_image(tmp_path / f"d{i}.img") for i in range(3)]
+    vms = [host.start(f"vm{i}", *drive(d), wait=False) for i, d in enumerate(disks)]
+    for vm in vms:
+        vm.wait_ready()
+    for vm, d in zip(vms, disks):
+        assert host.held_by(vm.pid) == [f"{LS}:{md5(str(d))}:{host.lease_dir}/{md5(str(d))}:0:1"]
