@@ -136,6 +136,17 @@ def print_compare(report: dict[str, Any]) -> None:
                        f"{_fmt(row['diskpaxos_vs_floor']):>9}")
 
 
+def show(report: dict[str, Any], as_json: bool, printer: Callable[[dict[str, Any]], None],
+         plot_path: str | None) -> None:
+    """The report as JSON, or as text followed by where the plot went."""
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    printer(report)
+    if plot_path:
+        click.echo(f"plot: {plot_path}")
+
+
 def register(main: click.Group, command_class: type[click.Command], group_class: type[click.Group]) -> None:
     @main.group("bench", cls=group_class)
     def bench_group() -> None:
@@ -174,12 +185,7 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
             plot.storage(plot_path, {op: s.wall_ms for op, s in result.samples.items()},
                          f"diskpaxos bench storage: {path} ({report['target']['type']}, "
                          f"{report['geometry']['sector_size']} B sectors)", budgets)
-        if as_json:
-            click.echo(json.dumps(report, indent=2))
-        else:
-            print_storage(report)
-            if plot_path:
-                click.echo(f"plot: {plot_path}")
+        show(report, as_json, print_storage, plot_path)
 
     @bench_group.command("compare", cls=command_class)
     @click.option("--storage", "kinds", multiple=True, type=click.Choice(["file", "loop512", "loop4k", "tmpfs"]),
@@ -227,10 +233,5 @@ def register(main: click.Group, command_class: type[click.Command], group_class:
                       for kind, k in report["storage"].items()}
             plot.compare(plot_path, panels, f"diskpaxos {m['diskpaxos']} beside sanlock {m['sanlock']} and the "
                                             f"raw I/O floor ({m['cpus']} CPUs, kernel {m['kernel']})", ratios)
-        if as_json:
-            click.echo(json.dumps(report, indent=2))
-        else:
-            print_compare(report)
-            if plot_path:
-                click.echo(f"plot: {plot_path}")
+        show(report, as_json, print_compare, plot_path)
 
