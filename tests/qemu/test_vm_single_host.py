@@ -255,3 +255,33 @@ def test_first_vms_on_a_host_start_together(vm_host, tmp_path: Path) -> None:
         vm.wait_ready()
     for vm, d in zip(vms, disks):
         assert host.held_by(vm.pid) == [f"{LS}:{md5(str(d))}:{host.lease_dir}/{md5(str(d))}:0:1"]
+
+
+def test_explicit_lease_and_all_or_nothing(vm_host, disk: Path, tmp_path: Path, lease_dir: Path) -> None:
+    """Explicit leases (libvirt's <lease>: the admin initialised them and the daemon joined their
+    lockspace) are taken exclusive and named in the refusal; a VM whose later lease is busy keeps
+    none of the ones it took first."""
+    host = vm_host("h1", 1)
+    area = raw_image(tmp_path / "vm-leases.img")
+    assert run([DISKPAXOS, "direct", "init", "-s", f"VMS:0:{area}:0", "-o", "1"]).returncode == 0
+    for key, offset in (("web", "1M"), ("db", "2M")):
+        assert run([DISKPAXOS, "direct", "init", "-r", f"VMS:{key}:{area}:{offset}"]).returncode == 0
+    with host.daemon.api() as c:
+        c.add_lockspace(f"VMS:1:{area}:0", io_timeout=1)
+    web, db = f"VMS:web:{area}:1048576", f"VMS:db:{area}:2097152"
+    disk_lease = f"{LS}:{md5(str(disk))}:{lease_dir}/{md5(str(disk))}:0"
+    a = host.start("web", *drive(disk), vm_options=("--lease", web))
+    assert sorted(host.held_by(a.pid)) == sorted([f"{web}:1", f"{disk_lease}:1"])
+    host_name = next(h["name"] for h in host.daemon.api().host_status("VMS") if h["host_id"] == 1)
+
+    other = raw_image(tmp_path / "other.img")
+    b = host.start("web2", *drive(other), vm_options=("--lease", web), wait=False)
+    assert b.wait_exit(60) != 0
+    assert b.output().strip().splitlines() == [
+        f"diskpaxos: lease {web} is already in use by VM 'web' (pid {a.pid}) on host ID 1 '{host_name}'"]
+    # explicit leases come first: "db" is taken, then the disk's lease is busy, and "db" is given back
+    c = host.start("db-and-busy-disk", *drive(disk), vm_options=("--lease", db), wait=False)
+    assert c.wait_exit(60) != 0
+    assert f"disk image {disk} is already in use by VM 'web'" in c.output()
+    d = host.start("db", *drive(other), vm_options=("--lease", db))
+    assert f"{db}:2" in host.held_by(d.pid)  # lver 1 was the refused VM's, released at once
