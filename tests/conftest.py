@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,6 +136,18 @@ def fio_bin() -> str:
 def strace_bin() -> str:
     """strace: ``bench compare`` times sanlock's renewals with it."""
     return _tool("strace", "strace")
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory every user may enter (pytest's tmp dirs are private to root), for running
+    commands as another user; removed after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run commands as another user")
+    path = Path(tempfile.mkdtemp(prefix="diskpaxos-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,14 +33,9 @@ def targets(scratch_file: Path, loop_device: Callable[..., str]) -> Callable[[st
 
 
 @pytest.fixture
-def world_file() -> Iterator[Path]:
+def world_file(world_dir: Path) -> Path:
     """A 32 MiB file in a directory every user may enter, for running the CLI as nobody."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the commands as another user")
-    d = Path(tempfile.mkdtemp(prefix="diskpaxos-bench-test-", dir="/var/tmp"))
-    d.chmod(0o755)
-    path = d / "scratch.img"
+    path = world_dir / "scratch.img"
     with open(path, "wb") as f:
         f.truncate(32 * MiB)
-    yield path
-    shutil.rmtree(d, ignore_errors=True)
+    return path

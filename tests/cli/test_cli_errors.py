@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -416,17 +415,6 @@ def test_missing_path(tmp_path: Path) -> None:
         assert got.stdout == ""
         assert_one_line_error(got, 1, path, "No such file or directory", prog=prog)
         assert not path.exists()
-
-
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory every user may enter (pytest's tmp dirs are private to root)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the commands as another user")
-    path = Path(tempfile.mkdtemp(prefix="diskpaxos-cli-test-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_permission_denied(pristine: dict[str, Path], world_dir: Path) -> None:

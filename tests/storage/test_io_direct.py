@@ -9,13 +9,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -242,15 +239,6 @@ def test_open_directory(tmp_path: Path) -> None:
         DirectStorage(tmp_path, io_timeout=5)
     assert e.value.errno == errno.EISDIR
     assert_one_line_naming(e.value, tmp_path)
-
-
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory every user may enter (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="diskpaxos-test-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # Imports first, then drops root for good: the interpreter itself may live
