@@ -21,20 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-DISKPAXOS = os.path.join(os.path.dirname(sys.executable), "diskpaxos")
+from oracle import DISKPAXOS
+
 NOBODY = 65534
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something true, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

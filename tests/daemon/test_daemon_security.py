@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from security_helpers import NOBODY, Agent, DaemonProc, RawConn, wait_for
+from oracle import wait_for
+from security_helpers import NOBODY, Agent, DaemonProc, RawConn
 
 from diskpaxos import direct
 from diskpaxos.daemon import protocol
